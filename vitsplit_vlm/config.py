@@ -1,0 +1,91 @@
+"""Dataclass run configs from `configs/*.yaml`, with dotted `key=value` overrides from the command line.
+
+    cfg = load_config(TrainConfig, "configs/stage2_lora.yaml", ["train.learning_rate=1e-4", "lora.r=16"])
+
+A typo in a YAML key or an override is an error naming the key and the valid ones: a misspelt option that is
+silently ignored costs a whole training run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"Override '{dotted}': '{key}' is a value, not a section.")
+        tree = node
+    tree[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`a.b=1 c=[1,2]` -> {"a": {"b": 1}, "c": [1, 2]}; values are parsed as YAML."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"Bad override '{item}': expected key=value, e.g. train.learning_rate=2e-5.")
+        _set_dotted(tree, key.strip().lstrip("-"), yaml.safe_load(raw))
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _dataclass_type(annotation: Any) -> type | None:
+    """The dataclass inside `X`, `X | None` or `Optional[X]`, if any."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+    """Build dataclass `cls` from nested dicts, rejecting unknown keys with the list of known ones."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping of options, got {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}. Known keys: {', '.join(sorted(names))}.")
+    kwargs = {}
+    for key, value in data.items():
+        nested = _dataclass_type(hints[key])
+        kwargs[key] = from_dict(nested, value, f"{where}.{key}") if nested and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file {path} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"Config file {path} is not valid YAML: {err}") from err
+    data = _merge(data, parse_overrides(overrides or []))
+    return from_dict(cls, data, where=str(path) if path else "config")
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
