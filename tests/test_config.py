@@ -37,6 +37,10 @@ def test_unknown_keys_are_named(tmp_path):
 
 
 def test_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match=r"^config\.steps: expected int, got 'ten'\.$"):
+        load_config(Run, None, ["steps=ten"])
+    with pytest.raises(ValueError, match=r"^config\.optim\.learning_rate: expected a number, got 'fast'\.$"):
+        load_config(Run, None, ["optim.learning_rate=fast"])
     with pytest.raises(ValueError, match="^Bad override 'steps': expected key=value"):
         parse_overrides(["steps"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -44,5 +48,5 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_config(Run, tmp_path / "bad.yaml")
-    with pytest.raises(ValueError, match="^Override 'name.x=1': 'name' is a value, not a section.$"):
+    with pytest.raises(ValueError, match=r"^Override 'name\.x': 'name' is a value, not a section\.$"):
         parse_overrides(["name=1", "name.x=1"])

@@ -69,8 +69,23 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     kwargs = {}
     for key, value in data.items():
         nested = _dataclass_type(hints[key])
-        kwargs[key] = from_dict(nested, value, f"{where}.{key}") if nested and isinstance(value, dict) else value
+        if nested and isinstance(value, dict):
+            kwargs[key] = from_dict(nested, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
     return cls(**kwargs)
+
+
+def _coerce(annotation: Any, value: Any, where: str) -> Any:
+    """Check scalars against their annotation. YAML reads `2e-5` as a string, so floats also accept numeric text."""
+    if annotation is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected a number, got '{value}'.") from None
+    if annotation in (int, bool, str) and not (type(value) is annotation):
+        raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}.")
+    return value
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
