@@ -1,0 +1,147 @@
+"""Shared ``run`` / ``merge`` / ``score`` command line for the benchmark scripts in ``eval/``.
+
+Why one driver: VQAv2 and GQA differ only in file formats and metrics (a ``Benchmark``); the resumable,
+sharded generation flow and its error handling must behave identically for both.
+
+* ``run``   answers this process's chunk (``--num-chunks/--chunk-idx``, else torchrun's WORLD_SIZE/RANK), appending
+            to ``<output-dir>/answers/*.jsonl``; whichever process finds every question answered merges.
+* ``merge`` writes the official-format file and ``summary.json`` from finished chunk files.
+* ``score`` scores an existing official-format predictions file, no model needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import EvalInputError, atomic_write_json, resolve_chunk
+from .runner import EvalItem, QuestionId, collect_answers, load_answers, run_chunk
+
+SUMMARY_NAME = "summary.json"
+DEFAULT_INSTRUCTION = "Answer the question using a single word or phrase."
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What differs between benchmarks; see eval/vqav2.py and eval/gqa.py."""
+
+    name: str
+    final_file: str  # official-format output written into --output-dir by merge
+    default_image_name_format: str
+    # (subcommand, parser): add benchmark-specific options.
+    add_args: Callable[[str, argparse.ArgumentParser], None]
+    # args -> items in question-file order (image paths need not exist for merge).
+    load_items: Callable[[argparse.Namespace], list[EvalItem]]
+    # (args, raw answers in item order) -> (official-format records, metrics or None without ground truth).
+    finalize: Callable[[argparse.Namespace, dict[QuestionId, str]], tuple[list[dict], dict | None]]
+    # args -> (metrics, description of the inputs for the summary).
+    score_file: Callable[[argparse.Namespace], tuple[dict, dict]]
+
+
+def build_parser(bench: Benchmark) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"eval/{bench.name}.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="generate answers (resumable, shardable), then merge and score when complete")
+    merge = sub.add_parser("merge", help="merge finished chunk files into the official-format file and score")
+    score = sub.add_parser("score", help="score an existing official-format predictions file")
+    for p in (run, merge):
+        p.add_argument("--question-file", type=Path, required=True)
+        p.add_argument("--output-dir", type=Path, required=True)
+        p.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
+    run.add_argument("--model-path", type=Path, required=True)
+    run.add_argument("--image-dir", type=Path, required=True)
+    run.add_argument("--image-name-format", default=bench.default_image_name_format,
+                     help="file name of an image inside --image-dir (default: %(default)s)")
+    run.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="appended to every question")
+    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--max-new-tokens", type=int, default=16)
+    run.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK when CUDA is available, else cpu")
+    run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="auto: bfloat16 on CUDA, float32 on CPU")
+    run.add_argument("--num-chunks", type=int, default=None, help="default: $WORLD_SIZE or 1")
+    run.add_argument("--chunk-idx", type=int, default=None, help="default: $RANK or 0")
+    run.add_argument("--no-progress", action="store_true")
+    score.add_argument("--predictions", type=Path, required=True, help=f"official-format file, e.g. {bench.final_file}")
+    score.add_argument("--summary-file", type=Path, default=None,
+                       help="default: <predictions without .json>.summary.json next to the predictions")
+    for name, p in (("run", run), ("merge", merge), ("score", score)):
+        bench.add_args(name, p)
+    return parser
+
+
+def _items(bench: Benchmark, args: argparse.Namespace) -> list[EvalItem]:
+    items = bench.load_items(args)
+    return items if args.limit is None else items[: args.limit]
+
+
+def _finish(bench: Benchmark, args: argparse.Namespace, answers: dict[QuestionId, str]) -> dict:
+    """Write the official-format file and the summary (atomically, after all checks passed)."""
+    records, metrics = bench.finalize(args, answers)
+    final = atomic_write_json(args.output_dir / bench.final_file, records)
+    summary = {"benchmark": bench.name, "question_file": str(args.question_file), "predictions_file": str(final),
+               "num_predictions": len(records), "metrics": metrics}
+    atomic_write_json(args.output_dir / SUMMARY_NAME, summary)
+    return summary
+
+
+def cmd_run(bench: Benchmark, args: argparse.Namespace, make_answerer: Callable | None = None) -> dict | None:
+    """Answer this chunk; merge if every question is now answered. Returns the summary when merged."""
+    num_chunks, chunk_idx = resolve_chunk(args.num_chunks, args.chunk_idx)
+    items = _items(bench, args)
+    run_config = {"benchmark": bench.name, "model_path": str(args.model_path.resolve()),
+                  "instruction": args.instruction, "max_new_tokens": args.max_new_tokens}
+    if make_answerer is None:
+        from .generation import load_answerer  # torch / transformers only when a model is needed
+
+        def make_answerer():
+            return load_answerer(args.model_path, instruction=args.instruction, max_new_tokens=args.max_new_tokens,
+                                 device=args.device, dtype=args.dtype)
+
+    run_chunk(items, make_answerer, args.output_dir, num_chunks, chunk_idx, args.batch_size, run_config,
+              image_hint=f"Check --image-dir {args.image_dir} and --image-name-format {args.image_name_format!r}.",
+              progress=not args.no_progress)
+    done = load_answers(args.output_dir)
+    pending = sum(it.question_id not in done for it in items)
+    if pending:
+        print(f"chunk {chunk_idx}/{num_chunks} done; {pending} questions left to other chunks. The last chunk to "
+              f"finish merges (or run `merge`).", file=sys.stderr)
+        return None
+    return _finish(bench, args, collect_answers(args.output_dir, items))
+
+
+def cmd_merge(bench: Benchmark, args: argparse.Namespace) -> dict:
+    items = _items(bench, args)
+    return _finish(bench, args, collect_answers(args.output_dir, items))
+
+
+def cmd_score(bench: Benchmark, args: argparse.Namespace) -> dict:
+    metrics, inputs = bench.score_file(args)
+    summary = {"benchmark": bench.name, "predictions_file": str(args.predictions), **inputs, "metrics": metrics}
+    out = args.summary_file or args.predictions.with_name(args.predictions.name.removesuffix(".json")
+                                                          + ".summary.json")
+    atomic_write_json(out, summary)
+    return summary
+
+
+def main(bench: Benchmark, argv: Sequence[str] | None = None, make_answerer: Callable | None = None) -> int:
+    """Entry point of eval/<bench>.py; user errors print one clear line and exit 2 instead of a traceback.
+    ``make_answerer`` replaces the model (tests)."""
+    args = build_parser(bench).parse_args(argv)
+    try:
+        if args.command == "run":
+            summary = cmd_run(bench, args, make_answerer)
+        elif args.command == "merge":
+            summary = cmd_merge(bench, args)
+        else:
+            summary = cmd_score(bench, args)
+    except EvalInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0

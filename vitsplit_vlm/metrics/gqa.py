@@ -1,0 +1,105 @@
+"""GQA: exact-match accuracy with the official breakdowns, over the official file formats.
+
+The official GQA eval.py compares the prediction string to the gold answer exactly, over the questions marked
+``isBalanced``, and reports accuracy per structural type (query -> "open", everything else -> "binary") and per
+semantic type. Generated answers need light normalisation first (LLaVA lowercases and strips the trailing period
+before calling eval.py); we apply the same normalisation to both sides so a stray capital or period never counts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import EvalInputError, check_prediction_ids, load_json
+
+
+def normalize_gqa_answer(answer: str) -> str:
+    """Lowercase, collapse whitespace, drop trailing periods ("Yes." -> "yes", " The  Cat " -> "the cat")."""
+    return " ".join(answer.lower().split()).rstrip(".").rstrip()
+
+
+@dataclass(frozen=True)
+class GQAQuestion:
+    question_id: str
+    image_id: str
+    question: str
+    answer: str | None  # None in the test / challenge files
+    structural: str | None
+    semantic: str | None
+    is_balanced: bool
+
+
+def load_gqa_questions(path: str | Path) -> list[GQAQuestion]:
+    """Official ``{questionId: {...}}`` question file -> questions in file order."""
+    data = load_json(path, "GQA question file")
+    if not isinstance(data, dict):
+        raise EvalInputError(f"GQA question file {path} must be a JSON object {{questionId: question}}, "
+                             f"got {type(data).__name__}; expected e.g. testdev_balanced_questions.json.")
+    questions = []
+    for qid, q in data.items():
+        types = q.get("types") if isinstance(q, dict) else None
+        ok = (isinstance(q, dict) and isinstance(q.get("imageId"), str) and isinstance(q.get("question"), str)
+              and isinstance(q.get("answer", ""), str) and (types is None or isinstance(types, dict)))
+        if not ok:
+            raise EvalInputError(f"GQA question file {path}: question {qid!r} needs str 'imageId', str 'question' "
+                                 f"and optionally str 'answer' and a 'types' object, got {q!r:.200}.")
+        types = types or {}
+        questions.append(GQAQuestion(qid, q["imageId"], q["question"], q.get("answer"), types.get("structural"),
+                                     types.get("semantic"), bool(q.get("isBalanced", True))))
+    return questions
+
+
+def load_gqa_predictions(path: str | Path) -> dict[str, str]:
+    """Official ``[{"questionId": str, "prediction": str}, ...]`` file -> {questionId: prediction}."""
+    data = load_json(path, "GQA predictions file")
+    if not isinstance(data, list):
+        raise EvalInputError(f"GQA predictions file {path} must be a JSON list of "
+                             '{"questionId": str, "prediction": str}, got ' + type(data).__name__ + ".")
+    preds: dict[str, str] = {}
+    for i, r in enumerate(data):
+        if not (isinstance(r, dict) and isinstance(r.get("questionId"), str) and isinstance(r.get("prediction"), str)):
+            raise EvalInputError(f"GQA predictions file {path}: record [{i}] must be "
+                                 f'{{"questionId": str, "prediction": str}}, got {r!r:.200}.')
+        if r["questionId"] in preds:
+            raise EvalInputError(f"GQA predictions file {path}: questionId {r['questionId']!r} is answered twice "
+                                 f"(record [{i}]). Keep one prediction per question.")
+        preds[r["questionId"]] = r["prediction"]
+    return preds
+
+
+def score_gqa(predictions: Mapping[str, str], questions: list[GQAQuestion], source: str = "predictions") -> dict:
+    """Accuracy (percent, 2 decimals) over the balanced questions, overall, binary/open, per structural and
+    semantic type, with the question count of every group."""
+    scored = [q for q in questions if q.is_balanced]
+    unanswerable = [q.question_id for q in scored if q.answer is None or not q.structural or not q.semantic]
+    if unanswerable:
+        raise EvalInputError(f"{len(unanswerable)} questions have no 'answer' or 'types' (e.g. {unanswerable[:5]}); "
+                             "only files with ground truth (e.g. testdev_balanced_questions.json) can be scored.")
+    check_prediction_ids(predictions, [q.question_id for q in scored], [q.question_id for q in questions], source,
+                         "Finish inference (re-run resumes) before scoring.")
+    groups: dict[str, dict[str, list[float]]] = {"structural": defaultdict(list), "semantic": defaultdict(list),
+                                                 "answer": defaultdict(list)}
+    overall = []
+    for q in scored:
+        score = float(normalize_gqa_answer(predictions[q.question_id]) == normalize_gqa_answer(q.answer))
+        overall.append(score)
+        groups["structural"][q.structural].append(score)
+        groups["semantic"][q.semantic].append(score)
+        groups["answer"]["open" if q.structural == "query" else "binary"].append(score)
+
+    def pct(xs: list[float]) -> float:
+        return round(100 * sum(xs) / len(xs), 2) if xs else 0.0
+
+    return {
+        "accuracy": pct(overall),
+        "binary": pct(groups["answer"]["binary"]),
+        "open": pct(groups["answer"]["open"]),
+        "accuracyPerStructuralType": {k: pct(v) for k, v in sorted(groups["structural"].items())},
+        "accuracyPerSemanticType": {k: pct(v) for k, v in sorted(groups["semantic"].items())},
+        "countPerStructuralType": {k: len(v) for k, v in sorted(groups["structural"].items())},
+        "countPerSemanticType": {k: len(v) for k, v in sorted(groups["semantic"].items())},
+        "num_questions": len(overall),
+    }

@@ -1,0 +1,152 @@
+"""Model-agnostic evaluation loop: chunk, skip what is done, answer in batches, append to JSONL, merge.
+
+Why separate from the model: everything here (resuming, sharding, merging, error handling) is tested with a
+fake answerer in milliseconds; the model only enters through an ``Answerer`` callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from .io import EvalInputError, JsonlAppender, atomic_write_json, load_json, read_jsonl, select_chunk
+
+QuestionId = int | str
+# (images, questions) -> one raw answer string per question.
+Answerer = Callable[[list[Image.Image], list[str]], list[str]]
+
+ANSWERS_SUBDIR = "answers"
+RUN_CONFIG_NAME = "run_config.json"
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    question_id: QuestionId
+    image_path: Path
+    question: str
+
+
+def image_path(image_dir: Path, name_format: str, **fields: object) -> Path:
+    """``image_dir / name_format.format(**fields)``, with a clear error for a format using unknown fields."""
+    try:
+        return Path(image_dir) / name_format.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise EvalInputError(f"--image-name-format {name_format!r} is invalid ({e!r}); it may use "
+                             f"{', '.join('{' + k + '}' for k in fields)}.") from e
+
+
+def chunk_file(output_dir: Path, num_chunks: int, chunk_idx: int) -> Path:
+    return Path(output_dir) / ANSWERS_SUBDIR / f"chunk-{chunk_idx:03d}-of-{num_chunks:03d}.jsonl"
+
+
+def load_answers(output_dir: Path) -> dict[QuestionId, str]:
+    """Raw answers from every chunk file under ``output_dir`` (any chunk count), first answer per id wins.
+
+    Reading all files, not just this chunk's, lets a run resume with a different number of processes."""
+    answers: dict[QuestionId, str] = {}
+    for path in sorted((Path(output_dir) / ANSWERS_SUBDIR).glob("*.jsonl")):
+        for lineno, rec in enumerate(read_jsonl(path), start=1):
+            if "question_id" not in rec or not isinstance(rec.get("answer"), str):
+                raise EvalInputError(f"{path}: record {lineno} lacks 'question_id' or a str 'answer'. "
+                                     "Delete that line (its question will be re-run).")
+            answers.setdefault(rec["question_id"], rec["answer"])
+    return answers
+
+
+def check_run_config(output_dir: Path, config: dict) -> bool:
+    """Refuse to resume into an output dir answered with other settings (model, prompt, ...), which would
+    silently mix two runs. Returns whether the settings are already recorded."""
+    path = Path(output_dir) / RUN_CONFIG_NAME
+    if not path.exists():
+        return False
+    old = load_json(path, "run config")
+    changed = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+    if changed:
+        raise EvalInputError(f"{output_dir} holds answers made with other settings {changed} (old, new). "
+                             "Use a fresh --output-dir, or delete it to start over.")
+    return True
+
+
+def check_images(items: Sequence[EvalItem], hint: str) -> None:
+    """Fail before any model work if images are missing, listing a few so the naming problem is obvious."""
+    missing = [str(it.image_path) for it in items if not it.image_path.is_file()]
+    if missing:
+        raise EvalInputError(f"{len(missing)} of {len(items)} images not found (e.g. {missing[:3]}). {hint}")
+
+
+def _load_images(items: Sequence[EvalItem]) -> list[Image.Image]:
+    images = []
+    for it in items:
+        try:
+            with Image.open(it.image_path) as im:
+                images.append(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as e:
+            raise EvalInputError(f"cannot read image {it.image_path} for question {it.question_id!r} ({e}). "
+                                 "Replace the file; finished answers are kept and the run resumes.") from e
+    return images
+
+
+def run_chunk(
+    items: Sequence[EvalItem],
+    make_answerer: Callable[[], Answerer],
+    output_dir: Path,
+    num_chunks: int,
+    chunk_idx: int,
+    batch_size: int,
+    run_config: dict,
+    image_hint: str = "Check --image-dir and --image-name-format.",
+    progress: bool = True,
+) -> int:
+    """Answer this chunk's questions that no chunk file has answered yet; returns how many were answered.
+
+    The model is only built (``make_answerer``) when there is work; images of the next batch load in a
+    background thread while the current batch generates. ``run_config`` (model, prompt, ...) is recorded with
+    the first answers and checked on every resume."""
+    if batch_size < 1:
+        raise EvalInputError(f"--batch-size must be >= 1, got {batch_size}.")
+    recorded = check_run_config(output_dir, run_config)
+    mine = select_chunk(items, num_chunks, chunk_idx)
+    done = load_answers(output_dir)
+    todo = [it for it in mine if it.question_id not in done]
+    if not todo:
+        return 0
+    check_images(todo, image_hint)
+    answerer = make_answerer()
+    if not recorded:
+        atomic_write_json(Path(output_dir) / RUN_CONFIG_NAME, run_config)
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    with (
+        JsonlAppender(chunk_file(output_dir, num_chunks, chunk_idx)) as out,
+        ThreadPoolExecutor(max_workers=1) as pool,
+        tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"chunk {chunk_idx}/{num_chunks}",
+             unit="q", disable=not progress) as bar,
+    ):
+        next_images = pool.submit(_load_images, batches[0])
+        for i, batch in enumerate(batches):
+            images = next_images.result()
+            if i + 1 < len(batches):
+                next_images = pool.submit(_load_images, batches[i + 1])
+            answers = answerer(images, [it.question for it in batch])
+            if len(answers) != len(batch) or not all(isinstance(a, str) for a in answers):
+                raise RuntimeError(f"answerer returned {answers!r:.200} for {len(batch)} questions; "
+                                   "it must return one str per question")
+            out.write({"question_id": it.question_id, "answer": a} for it, a in zip(batch, answers))
+            bar.update(len(batch))
+    return len(todo)
+
+
+def collect_answers(output_dir: Path, items: Sequence[EvalItem]) -> dict[QuestionId, str]:
+    """All items' raw answers in item order; an error while any chunk is unfinished."""
+    done = load_answers(output_dir)
+    pending = [it.question_id for it in items if it.question_id not in done]
+    if pending:
+        raise EvalInputError(
+            f"{len(pending)} of {len(items)} questions are not answered yet in {Path(output_dir) / ANSWERS_SUBDIR} "
+            f"(e.g. {pending[:5]}). Run the remaining chunks (re-running resumes); the last one to finish merges."
+        )
+    return {it.question_id: done[it.question_id] for it in items}
