@@ -32,6 +32,7 @@ from vitsplit_vlm.metrics.vqa import (
         ("red - white", "red  white"),  # removed, the double space is left to the word pass
         ("(left)", " left "),
         ("left (side)", "left side "),  # "(" touches a space, ")" does not: per-mark decision on the whole text
+        ("x;(y", "x  y"),  # ";" -> " " makes " (" appear, but the test reads the original text: "(" -> " "
         ("on/off", "on off"),
         ('"quoted"', " quoted "),
         ("yes!!", "yes  "),
