@@ -1,0 +1,87 @@
+"""The stage-1 -> stage-2 hand-off: the trained non-LM weights (projector + heads) alone, in safetensors.
+
+Stage 1 trains a few million parameters next to a multi-GB frozen LM; saving only those keeps its output small and
+lets stage 2 (a fresh process, possibly another DeepSpeed stage) start from it. Loading checks every key and shape
+first, so a file from another split / projector / tower is refused by name instead of half-loaded.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+STAGE1_WEIGHTS = "non_lm_trainables.safetensors"
+LM_PREFIX = "language_model."
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A stage-1 file whose keys or shapes do not fit the model being trained."""
+
+
+def _gathered(params: list[nn.Parameter]):
+    """Full values of ZeRO-3-partitioned parameters on every rank (a no-op for ordinary parameters)."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def non_lm_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters outside the language model, gathered to full tensors on CPU (collective under ZeRO-3)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith(LM_PREFIX)]
+    with _gathered([p for _, p in named]):
+        return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in named}
+
+
+def save_safetensors_atomic(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write to a temp file in the same directory, then rename: a crash never leaves a truncated checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def stage1_weights_path(path: str | Path) -> Path:
+    """A stage-1 output dir or the weights file itself."""
+    path = Path(path)
+    return path / STAGE1_WEIGHTS if path.is_dir() else path
+
+
+def load_stage1_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load a stage-1 file into `model` after checking that every key exists with the same shape; returns the keys."""
+    file = stage1_weights_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"stage-1 weights {file} not found; stage 1 writes {STAGE1_WEIGHTS} into its output dir.")
+    state = load_file(str(file))
+    own = model.state_dict()
+    unknown = sorted(k for k in state if k not in own)
+    mismatched = sorted(
+        f"{k} (file {tuple(v.shape)} vs model {tuple(own[k].shape)})" for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    )
+    lm_keys = sorted(k for k in state if k.startswith(LM_PREFIX))
+    if unknown or mismatched or lm_keys or not state:
+        problems = []
+        if not state:
+            problems.append("it holds no tensors")
+        if unknown:
+            problems.append(f"keys the model does not have: {', '.join(unknown)}")
+        if mismatched:
+            problems.append(f"shape mismatches: {', '.join(mismatched)}")
+        if lm_keys:
+            problems.append(f"language-model keys (a stage-1 file holds only projector/heads): {', '.join(lm_keys)}")
+        raise IncompatibleCheckpointError(
+            f"stage-1 weights {file} do not fit this model ({'; '.join(problems)}). Was it trained with another "
+            "vision tower, split preset, projector type or language model?"
+        )
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(own[key].dtype))
+    return sorted(state)

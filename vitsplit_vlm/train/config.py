@@ -1,0 +1,165 @@
+"""Run configuration of `scripts/train_vqa.py`: which parts train in each stage, on what data, with which recipe.
+
+A run has up to two stages (`stage1`: alignment, `stage2`: instruction tuning) and an optional evaluation; a
+config file fills only the sections it uses (`configs/stage1_align.yaml` only `stage1`, `configs/demo.yaml` all
+of them). Everything is checked by :func:`check_run_config` before any model is built, so a wrong part name or a
+LoRA/LM clash fails in a second rather than after the model loads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TRAIN_PARTS = ("task_head", "prior_head", "projector", "language_model")
+TEMPLATES = ("plain", "vicuna_v1", "chat_template")
+TINY_TOWERS = ("clip", "dinov2", "dinov2_reg", "siglip")
+
+
+@dataclass
+class ModelConfig:
+    """The components. With no paths, tiny random checkpoints of `tiny_size` are written into the run's output dir."""
+
+    vision_tower: str | None = None  # a save_pretrained dir, e.g. a hand-downloaded openai/clip-vit-large-patch14-336
+    language_model: str | None = None  # LM + tokenizer dir, e.g. lmsys/vicuna-7b-v1.5
+    split: str = "clip-l-vlm"  # a vitsplit_vlm.vision preset name
+    projector_type: str = "mlp2x_gelu"
+    dtype: str = "float32"  # dtype the components load in; mixed precision is `bf16` in the stage
+    tiny_size: str = "demo"  # used only when a path above is missing
+    tiny_tower: str = "clip"
+
+
+@dataclass
+class DataConfig:
+    """LLaVA conversation JSON + image folder. With `train_json` unset, the run's synthetic set is used."""
+
+    train_json: str | None = None
+    image_folder: str | None = None
+    template: str = "vicuna_v1"
+    model_max_length: int = 2048
+    skip_bad_samples: bool = False
+    num_proc: int | None = None  # worker processes for the one-off tokenisation (cached by `datasets`)
+
+
+@dataclass
+class LoraConfig:
+    """peft LoRA on the language model's linear layers (the vision side never gets LoRA)."""
+
+    enabled: bool = False
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class StageConfig:
+    """One training stage: the parts it trains, its data and its optimisation recipe (HF Trainer arguments)."""
+
+    train_parts: list[str] = field(default_factory=lambda: ["projector", "prior_head"])
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    # Stage-1 weights (projector + heads) to start from: a non_lm_trainables.safetensors file or a stage-1 output
+    # dir. Unset in a run that also has stage1 = that stage's output.
+    init_from: str | None = None
+    require_init: bool = False  # refuse to start from untrained projector/heads (instruction tuning)
+    learning_rate: float = 1e-3
+    projector_lr: float | None = None  # None = learning_rate
+    task_head_lr_mult: float = 1.0  # task-head LR = learning_rate * this (the paper's dense recipe uses 0.1)
+    weight_decay: float = 0.0
+    warmup_steps: float = 0.03  # >= 1: steps; < 1: fraction of all steps (LLaVA: warmup_ratio 0.03)
+    lr_scheduler_type: str = "cosine"
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    save_steps: int = 500
+    save_total_limit: int | None = 1
+    deepspeed: str | None = None  # a DeepSpeed JSON (configs/deepspeed/*.json); None = plain Trainer
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    group_by_length: bool = False  # LLaVA's group_by_modality_length, through the Trainer's length grouping
+    dataloader_num_workers: int = 0
+    resume: bool = False  # continue from the latest checkpoint-* in this stage's output dir
+    trainer_args: dict = field(default_factory=dict)  # any other TrainingArguments, e.g. {tf32: true} on Ampere GPUs
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic VQA set (generated into `<output_dir>/data` when a stage has no train_json)."""
+
+    num_train: int = 2000
+    num_val: int = 200
+    image_size: int = 84
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Greedy generation on held-out questions after the last stage, scored with VQA accuracy."""
+
+    val_json: str | None = None  # None = the synthetic held-out split
+    image_folder: str | None = None
+    max_new_tokens: int = 8
+    batch_size: int = 16
+    limit: int | None = None  # evaluate only the first N questions
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "outputs/run"
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    stage1: StageConfig | None = None
+    stage2: StageConfig | None = None
+    eval: EvalConfig | None = None
+
+
+class ConfigError(ValueError):
+    """A run config that cannot work; the message names the option and how to fix it."""
+
+
+def stages(config: RunConfig) -> list[tuple[str, StageConfig]]:
+    return [(name, stage) for name, stage in (("stage1", config.stage1), ("stage2", config.stage2)) if stage]
+
+
+def check_run_config(config: RunConfig) -> None:
+    """Reject inconsistent settings before anything heavy is built."""
+    if not stages(config):
+        raise ConfigError("the config defines no stage: add a `stage1:` and/or `stage2:` section.")
+    if config.model.tiny_tower not in TINY_TOWERS:
+        raise ConfigError(f"model.tiny_tower={config.model.tiny_tower!r}; choose one of {', '.join(TINY_TOWERS)}.")
+    for name, stage in stages(config):
+        _check_stage(name, stage)
+    if config.stage2 and config.stage2.require_init and not config.stage2.init_from and not config.stage1:
+        raise ConfigError(
+            "stage2 needs stage-1 weights (require_init: true): set stage2.init_from=<stage-1 output dir or its "
+            "non_lm_trainables.safetensors>, or add a stage1 section to this config."
+        )
+
+
+def _check_stage(name: str, stage: StageConfig) -> None:
+    unknown = sorted(set(stage.train_parts) - set(TRAIN_PARTS))
+    if unknown:
+        raise ConfigError(f"{name}.train_parts: unknown part(s) {', '.join(unknown)}; known parts: {', '.join(TRAIN_PARTS)}.")
+    if not stage.train_parts and not stage.lora.enabled:
+        raise ConfigError(f"{name}: nothing to train: train_parts is empty and LoRA is off.")
+    if stage.lora.enabled and "language_model" in stage.train_parts:
+        raise ConfigError(
+            f"{name}: lora.enabled trains the language model through LoRA adapters; remove 'language_model' from "
+            "train_parts (full fine-tuning and LoRA of the same weights exclude each other)."
+        )
+    if stage.data.template not in TEMPLATES:
+        raise ConfigError(f"{name}.data.template={stage.data.template!r}; choose one of {', '.join(TEMPLATES)}.")
+    if stage.deepspeed and not Path(stage.deepspeed).is_file():
+        raise ConfigError(f"{name}.deepspeed: DeepSpeed config {stage.deepspeed} does not exist.")
+    if stage.init_from and not Path(stage.init_from).exists():
+        raise ConfigError(f"{name}.init_from: {stage.init_from} does not exist (expected a stage-1 output).")
+    if stage.max_steps <= 0 and stage.num_train_epochs <= 0:
+        raise ConfigError(f"{name}: set max_steps > 0 or num_train_epochs > 0.")
+    if stage.data.train_json and not stage.data.image_folder:
+        raise ConfigError(f"{name}.data.image_folder: required with train_json (image paths are relative to it).")
