@@ -1,0 +1,229 @@
+"""Interactive chat with a ViT-Split LLaVA checkpoint: what the terminal and the web demo share.
+
+Why one module: ``scripts/chat.py`` and ``scripts/web_demo.py`` must agree on how a conversation is rendered (the
+template the model was trained with), where the image goes (in the first user turn that has it, as LLaVA does),
+when the history must go (a LLaVA-1.5-style model sees one image per conversation, so swapping the image starts a
+new one) and how tokens are streamed (``TextIteratorStreamer`` fed by ``generate`` in a worker thread).
+
+:class:`ChatModel` is the shared, stateless part (model, processor, template, sampling settings);
+:class:`ChatSession` is one conversation (history + image) on top of it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from .conversation import IMAGE_TOKEN, TEMPLATES, Message, render_prompt
+
+DEFAULT_TEMPLATE = "vicuna_v1"
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COMMANDS_HELP = "Commands: /image PATH, /reset, /quit."
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling flags; ``temperature=0`` means greedy decoding (``top_p`` is then unused)."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.2
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be at least 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}: must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Why not always pass temperature/top_p: transformers warns when they are set with ``do_sample=False``."""
+        if self.temperature == 0:
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Any size, any mode PIL reads -> RGB (the image processor resizes). Decodes now, so a truncated file fails here."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _reason(exc: Exception) -> str:
+    """``[Errno 2] No such file or directory: 'x'`` repeats the path the message already names; keep the cause."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+class _StopOnEvent(StoppingCriteria):
+    """Ends ``generate`` in the worker thread once the reader goes away (Ctrl-C, a closed web stream)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass
+class ChatModel:
+    """A loaded model + processor, the template its prompts are rendered with, and the sampling settings.
+
+    ``model`` needs ``generate(**inputs, streamer=..., stopping_criteria=..., **sampling)``, ``device`` and
+    ``dtype``; ``processor`` needs ``__call__(text=, images=, return_tensors="pt")`` and ``tokenizer``.
+    """
+
+    model: Any
+    processor: Any
+    template: str = DEFAULT_TEMPLATE
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+    def __post_init__(self) -> None:
+        if self.template not in TEMPLATES:
+            raise ValueError(f"unknown conversation template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        *,
+        template: str | None = None,
+        device: str | None = None,
+        dtype: str = "auto",
+        settings: GenerationSettings | None = None,
+    ) -> ChatModel:
+        """Load a checkpoint directory; the template is ``template``, else the one its config records, else vicuna_v1."""
+        from .models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
+
+        if not Path(model_dir, "config.json").is_file():
+            raise FileNotFoundError(f"{model_dir}: no config.json; pass a directory written by save_pretrained (a trained or converted checkpoint)")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = VitSplitLlavaForConditionalGeneration.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
+        processor = VitSplitLlavaProcessor.from_pretrained(model_dir)
+        template = template or getattr(model.config, "conversation_template", None) or DEFAULT_TEMPLATE
+        return cls(model, processor, template, settings or GenerationSettings())
+
+    def stream(self, messages: list[Message], image: Image.Image | None) -> Iterator[str]:
+        """Yield the reply to ``messages`` (ending with a user turn) as it is generated.
+
+        ``generate`` runs in a thread feeding a ``TextIteratorStreamer``; closing this iterator early (Ctrl-C, a
+        cancelled web request) stops generation at the next token instead of letting it run to max_new_tokens.
+        An exception raised by ``generate`` is re-raised here.
+        """
+        prompt = render_prompt(messages, self.processor.tokenizer, self.template)
+        inputs = self.processor(text=prompt, images=[image] if image is not None else None, return_tensors="pt")
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.model.generate(
+                    **inputs, **self.settings.generate_kwargs(), streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                )
+            except BaseException as exc:  # noqa: BLE001 -- handed to the reading thread below
+                failures.append(exc)
+                streamer.end()  # unblock the reader
+
+        worker = threading.Thread(target=run, name="chat-generate", daemon=True)
+        worker.start()
+        try:
+            for chunk in streamer:
+                if chunk:
+                    yield chunk
+        finally:
+            stop.set()
+            worker.join()
+        if failures:
+            raise failures[0]
+
+
+class ChatSession:
+    """One conversation: the history (plain text, as typed) and the image, with LLaVA's one-image rule.
+
+    The image is placed in the first user turn asked after it is loaded; once the model has seen it there,
+    loading another image starts a new conversation (the model was trained with one image per conversation).
+    The ``plain`` template (stage-1 checkpoints) renders only the image, so each of its turns stands alone.
+    """
+
+    def __init__(self, chat_model: ChatModel):
+        self.chat_model = chat_model
+        self.messages: list[Message] = []
+        self.image: Image.Image | None = None
+        self.image_path: str | None = None
+        self.image_label: str | None = None
+        self.image_turn: int | None = None  # index in messages of the user turn holding the image
+
+    def reset(self) -> None:
+        """Forget the history and the image."""
+        self.messages, self.image, self.image_path, self.image_label, self.image_turn = [], None, None, None, None
+
+    def set_image(self, path: str | Path, label: str | None = None) -> str:
+        """Load (or swap) the image; returns the message to show, naming it ``label`` (default: the path).
+
+        A bad path keeps the session as it was.
+        """
+        label = label or str(path)
+        try:
+            image = load_image(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            return f"Could not open image {label}: {_reason(exc)}. Still using {self.image_label or 'no image'}."
+        note = ""
+        if self.image_turn is not None:
+            self.messages = []
+            note = " Started a new conversation: the model sees one image per conversation."
+        self.image, self.image_path, self.image_label, self.image_turn = image, str(path), label, None
+        return f"Loaded image {label} ({image.width}x{image.height}).{note}"
+
+    def prompt_messages(self, text: str) -> tuple[list[Message], int | None]:
+        """The turns the model is prompted with for a new question, and which of them holds the image."""
+        standalone = self.chat_model.template == "plain"
+        turns = [] if standalone else [dict(m) for m in self.messages]
+        image_turn = None if standalone else self.image_turn
+        # A typed "<image>" would add a placeholder without pixels behind it.
+        turns.append({"role": "user", "content": text.replace(IMAGE_TOKEN, "").strip()})
+        if self.image is not None and image_turn is None:
+            image_turn = len(turns) - 1
+        if image_turn is not None:
+            turns[image_turn]["content"] = f"{IMAGE_TOKEN}\n{turns[image_turn]['content']}"
+        return turns, image_turn
+
+    def ask(self, text: str) -> Iterator[str]:
+        """Stream the reply to ``text``; the turn joins the history only once the reply is complete."""
+        turns, image_turn = self.prompt_messages(text)
+        reply = []
+        for chunk in self.chat_model.stream(turns, self.image if image_turn is not None else None):
+            reply.append(chunk)
+            yield chunk
+        if image_turn is not None and self.chat_model.template != "plain":
+            self.image_turn = image_turn
+        self.messages += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(reply).strip()}]
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The loading and sampling flags both demos take."""
+    parser.add_argument("--model", required=True, help="checkpoint directory (written by save_pretrained)")
+    parser.add_argument("--template", choices=TEMPLATES, help="conversation template (default: the checkpoint's, else vicuna_v1)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="weights dtype (default: as saved)")
+    parser.add_argument("--max-new-tokens", type=int, default=GenerationSettings.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=GenerationSettings.temperature, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=GenerationSettings.top_p)
+
+
+def chat_model_from_args(args: argparse.Namespace) -> ChatModel:
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p)
+    return ChatModel.load(args.model, template=args.template, device=args.device, dtype=args.dtype, settings=settings)
