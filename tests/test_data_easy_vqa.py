@@ -1,0 +1,54 @@
+import json
+
+import pytest
+from PIL import Image
+
+from vitsplit_vlm.data import easy_vqa
+from vitsplit_vlm.data.llava_json import load_llava_json, scan_records
+from vitsplit_vlm.data.synthetic import SHORT_ANSWER_PROMPT
+
+
+def fake_package_data(root):
+    """The layout of easy-vqa 1.0's easy_vqa/data, with 3 train images and 1 test image."""
+    questions = {
+        "train": [["what is the blue shape?", "rectangle", 0], ["what color is the shape?", "blue", 0],
+                  ["is there a red shape?", "no", 2], ["does the image contain a circle?", "yes", 1]],
+        "test": [["what shape is present?", "circle", 0], ["is there a gray shape?", "yes", 0]],
+    }
+    for split, qs in questions.items():
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "questions.json").write_text(json.dumps(qs))
+        for image_id in {q[2] for q in qs}:
+            Image.new("RGB", (64, 64), (image_id * 40, 0, 0)).save(root / split / "images" / f"{image_id}.png")
+    (root / "answers.txt").write_text("circle\nrectangle\nyes\nno\n")
+    return root
+
+
+def q(text, first):
+    return f"<image>\n{text}\n{SHORT_ANSWER_PROMPT}" if first else f"{text}\n{SHORT_ANSWER_PROMPT}"
+
+
+def test_converts_to_llava_json_grouping_train_questions_by_image(tmp_path):
+    data = fake_package_data(tmp_path / "easy_vqa" / "data")
+    paths = easy_vqa.convert(tmp_path / "out", data)
+    train = json.loads(paths["train"].read_text())
+    assert train == [
+        {"id": "train_0", "image": "train/0.png", "conversations": [
+            {"from": "human", "value": q("what is the blue shape?", True)}, {"from": "gpt", "value": "rectangle"},
+            {"from": "human", "value": q("what color is the shape?", False)}, {"from": "gpt", "value": "blue"}]},
+        {"id": "train_1", "image": "train/1.png", "conversations": [
+            {"from": "human", "value": q("does the image contain a circle?", True)}, {"from": "gpt", "value": "yes"}]},
+        {"id": "train_2", "image": "train/2.png", "conversations": [
+            {"from": "human", "value": q("is there a red shape?", True)}, {"from": "gpt", "value": "no"}]},
+    ]
+    val = json.loads(paths["val"].read_text())
+    assert [(r["id"], r["image"], r["conversations"][1]["value"]) for r in val] == [
+        ("test_0", "test/0.png", "circle"), ("test_1", "test/0.png", "yes")]
+    assert (paths["images"] / "train" / "2.png").read_bytes() == (data / "train" / "images" / "2.png").read_bytes()
+    for name in ("train", "val"):
+        assert scan_records(load_llava_json(paths[name], cache_dir=tmp_path / "hf"), paths["images"]).bad == []
+
+
+def test_wrong_data_dir_says_what_is_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"train/questions\.json not found: --data-dir must be easy-vqa's data folder"):
+        easy_vqa.convert(tmp_path / "out", tmp_path)

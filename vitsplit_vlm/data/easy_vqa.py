@@ -1,0 +1,76 @@
+"""Convert the ``easy-vqa`` PyPI package (64x64 shapes, 13 answers) to LLaVA JSON: an optional small real dataset.
+
+The package ships ``easy_vqa/data/{train,test}/images/<image_id>.png`` and
+``easy_vqa/data/{train,test}/questions.json`` (a list of ``[question, answer, image_id]``).
+
+    pip install easy-vqa
+    python -m vitsplit_vlm.data.easy_vqa --out DIR [--data-dir .../easy_vqa/data]
+
+writes ``DIR/images/{train,test}/<id>.png`` (hard links), ``DIR/train.json`` (one record per image, its
+questions as turns, as LLaVA-1.5 packs VQAv2) and ``DIR/val.json`` (the test split, one record per question,
+id ``test_<n>``); train with ``--image-dir DIR/images``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from vitsplit_vlm.data.synthetic import link_or_copy, vqa_record, write_json
+
+SPLITS = {"train": "train", "test": "val"}  # easy-vqa split -> our file
+
+
+def package_data_dir() -> Path:
+    """``.../site-packages/easy_vqa/data`` of the installed package (found without importing it)."""
+    spec = importlib.util.find_spec("easy_vqa")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("easy-vqa is not installed: `pip install easy-vqa`, or pass its data folder as --data-dir")
+    return Path(spec.origin).parent / "data"
+
+
+def _questions(data_dir: Path, split: str) -> list[tuple[str, str, int]]:
+    path = data_dir / split / "questions.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --data-dir must be easy-vqa's data folder (holding train/ and test/)")
+    return [(str(q), str(a), int(i)) for q, a, i in json.loads(path.read_text())]
+
+
+def convert(out_dir: str | Path, data_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write ``images/``, ``train.json`` and ``val.json`` under ``out_dir``; returns their paths by name."""
+    data_dir = Path(data_dir) if data_dir is not None else package_data_dir()
+    out = Path(out_dir)
+    paths = {"images": out / "images"}
+    for split, name in SPLITS.items():
+        questions = _questions(data_dir, split)
+        for image_id in sorted({i for _, _, i in questions}):
+            link_or_copy(data_dir / split / "images" / f"{image_id}.png", out / "images" / split / f"{image_id}.png")
+        if split == "train":
+            by_image: dict[int, list[tuple[str, str]]] = defaultdict(list)
+            for question, answer, image_id in questions:
+                by_image[image_id].append((question, answer))
+            records = [vqa_record(f"train_{i}", f"train/{i}.png", qas) for i, qas in sorted(by_image.items())]
+        else:
+            records = [vqa_record(f"test_{n}", f"test/{i}.png", [(q, a)]) for n, (q, a, i) in enumerate(questions)]
+        paths[name] = write_json(out / f"{name}.json", records)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vitsplit_vlm.data.easy_vqa", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--data-dir", help="easy-vqa's data folder (default: the installed package's)")
+    args = parser.parse_args(argv)
+    try:
+        paths = convert(args.out, args.data_dir)
+    except FileNotFoundError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(f"wrote {paths['train']} and {paths['val']}; use --image-dir {paths['images']}")
+
+
+if __name__ == "__main__":
+    main()
