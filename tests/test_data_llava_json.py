@@ -11,7 +11,15 @@ from transformers import AutoImageProcessor, AutoTokenizer
 
 from vitsplit_vlm.conversation import IGNORE_INDEX, IMAGE_TOKEN
 from vitsplit_vlm.data import check
-from vitsplit_vlm.data.llava_json import BadRecordError, DataFileError, LlavaDataset, load_llava_json, to_rgb
+from vitsplit_vlm.data.llava_json import (
+    BadRecordError,
+    DataFileError,
+    LlavaDataset,
+    load_llava_json,
+    record_messages,
+    scan_records,
+    to_rgb,
+)
 
 N_IMG = 4
 MAX_LEN = 96
@@ -120,6 +128,22 @@ def test_items_have_expanded_ids_masked_labels_and_rgb_pixels(files, tok, proces
         else:
             assert runs == [a + "</s>" for a in answers]
     assert ds.modality_lengths == [len(ds[i]["input_ids"]) * (1 if "image" in r else -1) for i, r in enumerate(GOOD)]
+
+
+def test_record_messages_moves_the_placeholder_to_the_start():
+    messages, image = record_messages(GOOD[2])
+    assert image == "sub/gray.png"
+    assert messages == [{"role": "user", "content": "<image>\nWhat is this?"}, {"role": "assistant", "content": "gray"}]
+    assert record_messages(GOOD[5]) == ([{"role": "user", "content": "Is a circle round?"}, {"role": "assistant", "content": "yes"},
+                                         {"role": "user", "content": "And a square?"}, {"role": "assistant", "content": "no"}], None)
+
+
+def test_configuration_errors_fail_once_before_the_scan(files, tok):
+    ds = load_llava_json(files / "good.json", cache_dir=files / "hf")
+    with pytest.raises(ValueError, match=r"^unknown conversation template 'llava'; choose one of \('plain', 'vicuna_v1', 'chat_template'\)$"):
+        scan_records(ds, files / "images", tokenizer=tok, template="llava")
+    with pytest.raises(ValueError, match="^template 'chat_template' needs a tokenizer with a chat_template"):
+        scan_records(ds, files / "images", tokenizer=tok, template="chat_template")
 
 
 def test_to_rgb_handles_alpha_gray_and_palette(files):

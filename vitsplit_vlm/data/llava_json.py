@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from vitsplit_vlm.conversation import (
     IMAGE_TOKEN,
+    TEMPLATES,
     ConversationError,
     Template,
     expand_image_tokens,
@@ -115,8 +116,13 @@ def _json_error(path: Path) -> str | None:
     return None
 
 
-def _conversation(row: Mapping[str, Any]) -> tuple[list[dict[str, str]], str | None]:
-    """Checked messages with the placeholder moved to the start of the first human turn, as LLaVA-1.5 trains."""
+def record_messages(row: Mapping[str, Any]) -> tuple[list[dict[str, str]], str | None]:
+    """A record's checked messages and image path (None: text-only), raising :class:`ConversationError`.
+
+    The placeholder is moved to the start of the first human turn (``"<image>\\n" + text``, as LLaVA-1.5
+    trains), so the model sees one layout whichever end the source put it at; evaluation prompts built from
+    records should go through here too.
+    """
     image = row.get("image")
     if image is not None and (not isinstance(image, str) or not image):
         raise ConversationError("'image' must be one file path string (multi-image records are not supported)")
@@ -151,7 +157,7 @@ def _prepare(
     out = {"record_id": f"#{index}" if rid is None or rid == "" else str(rid), "image": None,
            "input_ids": [], "labels": [], "truncated": False, "error": ""}
     try:
-        messages, out["image"] = _conversation(row)
+        messages, out["image"] = record_messages(row)
         if tokenizer is not None:
             tok = tokenize_conversation(messages, tokenizer, template, max_length=max_length, num_image_tokens=num_image_tokens)
             out.update(input_ids=tok.input_ids, labels=tok.labels, truncated=tok.truncated)
@@ -185,6 +191,10 @@ def scan_records(
     num_proc: int | None = None,
 ) -> ScanResult:
     """Check (and, given a tokenizer, tokenise) every record; the prepared rows carry ``error`` per record."""
+    if template not in TEMPLATES:  # configuration errors fail once here, not once per record
+        raise ValueError(f"unknown conversation template {template!r}; choose one of {TEMPLATES}")
+    if tokenizer is not None and template == "chat_template" and not tokenizer.chat_template:
+        raise ValueError("template 'chat_template' needs a tokenizer with a chat_template; use 'vicuna_v1' or 'plain'")
     prepared = ds.map(
         _prepare,
         with_indices=True,
@@ -201,7 +211,7 @@ def scan_records(
     errors, ids, images, truncated = (prepared[c] for c in ("error", "record_id", "image", "truncated"))
     bad = [BadRecord(i, ids[i], e) for i, e in enumerate(errors) if e]
     text_only = sum(image is None and not error for image, error in zip(images, errors))
-    return ScanResult(prepared, bad, truncated=sum(truncated), text_only=text_only)
+    return ScanResult(prepared, bad, truncated=sum(t and not e for t, e in zip(truncated, errors)), text_only=text_only)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
