@@ -9,6 +9,7 @@ import pytest
 
 from vitsplit_vlm.metrics import EvalInputError
 from vitsplit_vlm.metrics.vqa import (
+    exact_match,
     load_vqav2_annotations,
     load_vqav2_predictions,
     load_vqav2_questions,
@@ -144,6 +145,14 @@ def test_vqa_accuracy_ground_truth_punctuation_only_when_answers_differ():
     assert vqa_accuracy("yes", ["yes!"] * 9 + ["no"]) == 0.0
 
 
+def test_single_reference_needs_exact_match():
+    with pytest.raises(ValueError, match="score a single reference answer with exact_match"):
+        vqa_accuracy("yes", ["yes"])
+    assert exact_match("The Two.", "two") == 1.0
+    assert exact_match("yes!", "Yes") == 1.0  # both sides fully normalised
+    assert exact_match("red", "blue") == 0.0
+
+
 def _ann(qid, answers, qtype="what is", atype="other"):
     return {"question_id": qid, "image_id": 1, "question_type": qtype, "answer_type": atype,
             "multiple_choice_answer": answers[0],
@@ -229,6 +238,6 @@ def test_malformed_questions_and_annotations(tmp_path):
     with pytest.raises(EvalInputError, match=r"question_id 1 appears twice \(questions\[1\]\)"):
         load_vqav2_questions(_write(tmp_path / "q.json", {"questions": [
             {"image_id": 1, "question": "q", "question_id": 1}] * 2}))
-    bad = dict(ANNS[1], answers=[])
-    with pytest.raises(EvalInputError, match=r"a\.json: annotations\[0\] needs .* non-empty 'answers'"):
-        load_vqav2_annotations(_write(tmp_path / "a.json", {"annotations": [bad]}))
+    bad = dict(ANNS[1], answers=[{"answer": "yes"}])
+    with pytest.raises(EvalInputError, match=r"a\.json: annotations\[1\] needs .* 'answers' list of the human"):
+        load_vqav2_annotations(_write(tmp_path / "a.json", {"annotations": [ANNS[2], bad]}))

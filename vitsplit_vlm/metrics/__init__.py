@@ -2,10 +2,11 @@
 
 from .gqa import normalize_gqa_answer, score_gqa
 from .io import EvalInputError
-from .vqa import normalize_answer, process_digit_article, process_punctuation, score_vqav2, vqa_accuracy
+from .vqa import exact_match, normalize_answer, process_digit_article, process_punctuation, score_vqav2, vqa_accuracy
 
 __all__ = [
     "EvalInputError",
+    "exact_match",
     "normalize_answer",
     "normalize_gqa_answer",
     "process_digit_article",

@@ -96,14 +96,21 @@ def normalize_answer(answer: str) -> str:
 def vqa_accuracy(prediction: str, gt_answers: list[str]) -> float:
     """Official VQA accuracy in [0, 1] of one raw prediction against the human answers (10 in VQAv2).
 
-    Leave-one-out by position (the official code compares answer dicts, which differ by their answer_id)."""
-    if not gt_answers:
-        raise ValueError("vqa_accuracy needs at least one ground-truth answer")
+    Leave-one-out by position (the official code compares answer dicts, which differ by their answer_id).
+    With one reference the leave-one-out subsets are empty and the score is always 0, so that is refused."""
+    if len(gt_answers) < 2:
+        raise ValueError(f"vqa_accuracy needs the human answers (10 in VQAv2), got {len(gt_answers)}; "
+                         "score a single reference answer with exact_match")
     pred = normalize_answer(prediction)
     gts = [process_punctuation(a) for a in gt_answers] if len(set(gt_answers)) > 1 else list(gt_answers)
     matches = [g == pred for g in gts]
     total = sum(matches)
     return sum(min(1.0, (total - m) / 3) for m in matches) / len(gts)
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when both answers are equal after the full official normalisation: for sets with one reference."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))
 
 
 # ----------------------------------------------------------------------------------------------- file formats
@@ -156,12 +163,13 @@ def load_vqav2_annotations(path: str | Path) -> dict[int, dict]:
     anns: dict[int, dict] = {}
     for i, a in enumerate(data["annotations"]):
         ok = (isinstance(a, dict) and _is_int(a.get("question_id")) and isinstance(a.get("question_type"), str)
-              and isinstance(a.get("answer_type"), str) and isinstance(a.get("answers"), list) and a["answers"]
+              and isinstance(a.get("answer_type"), str) and isinstance(a.get("answers"), list) and len(a["answers"]) >= 2
               and all(isinstance(x, dict) and isinstance(x.get("answer"), str) for x in a["answers"]))
         if not ok:
             raise EvalInputError(
                 f"VQAv2 annotation file {path}: annotations[{i}] needs int 'question_id', str 'question_type', "
-                f"str 'answer_type' and a non-empty 'answers' list of {{'answer': str}}, got {a!r:.200}."
+                f"str 'answer_type' and an 'answers' list of the human {{'answer': str}} (10 in VQAv2), "
+                f"got {a!r:.200}."
             )
         if a["question_id"] in anns:
             raise EvalInputError(f"VQAv2 annotation file {path}: question_id {a['question_id']} is annotated "
