@@ -1,0 +1,183 @@
+"""Train a dense head (segmentation or depth) on a ViT-Split module with the Hugging Face Trainer.
+
+The Trainer owns the loop, DeepSpeed, TensorBoard, checkpoints and the progress bar. This module adds the run
+config, where the split module comes from (a tower checkpoint, the tiny demo tower, or a VLM checkpoint: one split
+module, two tasks), the paper's lower learning rate for the split task head, and the sliding-window evaluation the
+Trainer's own loop cannot do.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+from ..train.distributed import init_distributed
+from ..train.logs import RunLogCallback, setup_logging
+from ..vision import ViTSplit, ViTSplitConfig, load_tower
+from .data import DenseDataConfig, build_datasets
+from .inference import evaluate
+from .model import DenseModelConfig, DenseSplitModel, load_split_from_vlm
+
+logger = logging.getLogger("vitsplit_vlm.dense")
+
+
+@dataclass
+class DenseTrainingConfig:
+    learning_rate: float = 1e-3
+    task_head_lr_mult: float = 0.1  # the paper's lr_mult for the split task head (copied tower blocks)
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "polynomial"  # mmseg's poly schedule
+    lr_scheduler_kwargs: dict = field(default_factory=lambda: {"power": 0.9, "lr_end": 0.0})
+    warmup_steps: float = 0.05  # int: steps; float in [0, 1): fraction of max_steps
+    max_steps: int = 300
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    save_steps: int = 0  # 0: no intermediate Trainer checkpoints, only the final save_pretrained
+    dataloader_num_workers: int = 0
+    bf16: bool = False
+    deepspeed: str | None = None  # e.g. configs/deepspeed/zero2.json
+    seed: int = 0
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
+class DenseEvalConfig:
+    crop_size: int | None = 84  # sliding-window size; None: whole images in one pass
+    stride: int | None = 56
+
+
+@dataclass
+class DenseRunConfig:
+    output_dir: str = "runs/dense"
+    tower: str | None = None  # vision tower saved with save_pretrained; None: a tiny demo DINOv2 built in output_dir
+    init_from_vlm: str | None = None  # a VLM checkpoint dir: use its split module (tower + trained heads)
+    split: ViTSplitConfig = field(default_factory=lambda: ViTSplitConfig(task_layers=2, prior_layers=[1, 3, 5]))
+    model: DenseModelConfig = field(default_factory=DenseModelConfig)
+    data: DenseDataConfig = field(default_factory=DenseDataConfig)
+    train: DenseTrainingConfig = field(default_factory=DenseTrainingConfig)
+    eval: DenseEvalConfig = field(default_factory=DenseEvalConfig)
+
+
+class DenseTrainer(Trainer):
+    """`Trainer` whose optimizer trains the split task head at lr x `task_head_lr_mult` and the rest at lr.
+
+    The Trainer's scheduler scales every group by the same factor, so the ratio holds for the whole run.
+    """
+
+    def __init__(self, *args, task_head_lr_mult: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task_head_lr_mult = task_head_lr_mult
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        slow = {id(p) for p in self.model.task_head_parameters()}
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((id(param) in slow, name in decay), []).append(param)
+        lr, wd = self.args.learning_rate, self.args.weight_decay
+        param_groups = [
+            {"params": params, "lr": lr * (self.task_head_lr_mult if is_slow else 1.0), "weight_decay": wd if decayed else 0.0}
+            for (is_slow, decayed), params in sorted(groups.items())
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+def _processor_stats(checkpoint_dir: Path) -> tuple[list[float], list[float]] | None:
+    """The image_mean / image_std the tower was pretrained with, from its saved image processor config."""
+    path = checkpoint_dir / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    stats = json.loads(path.read_text())
+    if "image_mean" not in stats or "image_std" not in stats:
+        return None
+    return list(stats["image_mean"]), list(stats["image_std"])
+
+
+def build_split(cfg: DenseRunConfig) -> tuple[ViTSplit, Path]:
+    """The split module and the checkpoint directory it came from."""
+    if cfg.init_from_vlm:
+        if cfg.tower:
+            raise ValueError("Set either tower or init_from_vlm: the VLM checkpoint already holds its tower.")
+        return load_split_from_vlm(cfg.init_from_vlm), Path(cfg.init_from_vlm)
+    tower_dir = Path(cfg.tower) if cfg.tower else None
+    if tower_dir is None:
+        from ..tiny import build_tiny_checkpoints
+
+        tower_dir = build_tiny_checkpoints(Path(cfg.output_dir) / "tiny", size="demo", seed=cfg.train.seed)["dinov2"]
+    return ViTSplit(load_tower(tower_dir), cfg.split), tower_dir
+
+
+def _check_deepspeed_stage(path: str | None) -> None:
+    if path and json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0) == 3:
+        raise ValueError(
+            f"{path}: ZeRO-3 partitions the weights, which the sliding-window evaluation and save_pretrained read "
+            "whole; dense models are small, use ZeRO-2 (configs/deepspeed/zero2.json)."
+        )
+
+
+def train(cfg: DenseRunConfig) -> dict:
+    """Train, save `<output_dir>/model`, evaluate on the validation set; returns the validation metrics."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.deepspeed:  # without DeepSpeed the Trainer (accelerate) sets up torchrun / accelerate launches
+        _check_deepspeed_stage(cfg.train.deepspeed)
+        init_distributed(use_deepspeed=True)
+    setup_logging(out / "train.log")
+    torch.manual_seed(cfg.train.seed)
+    split, source = build_split(cfg)
+    stats = _processor_stats(source)
+    if stats:
+        cfg.model.image_mean, cfg.model.image_std = stats
+    model = DenseSplitModel(split, cfg.model)
+    train_set, val_set = build_datasets(cfg.data, cfg.model, out)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("config: %s", json.dumps(asdict(cfg)))
+    logger.info("split from %s; trainable parameters: %d; train/val images: %d/%d", source, trainable, len(train_set), len(val_set))
+    t = cfg.train
+    args = TrainingArguments(
+        output_dir=str(out),
+        deepspeed=t.deepspeed,
+        use_cpu=not torch.cuda.is_available(),  # on CPU the Trainer otherwise disagrees with DeepSpeed on world size
+        bf16=t.bf16,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type,
+        lr_scheduler_kwargs=t.lr_scheduler_kwargs,
+        warmup_steps=t.warmup_steps,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,
+        report_to=t.report_to,
+    )
+    trainer = DenseTrainer(
+        model=model, args=args, train_dataset=train_set, data_collator=default_data_collator,
+        callbacks=[RunLogCallback(f"dense-{cfg.model.task}")], task_head_lr_mult=t.task_head_lr_mult,
+    )
+    trainer.train()
+    if not trainer.is_world_process_zero():
+        return {}
+    model.save_pretrained(out / "model")
+    metrics = evaluate(model, val_set, cfg.eval.crop_size, cfg.eval.stride, progress=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    logger.info("validation metrics: %s", json.dumps(metrics))
+    return metrics
