@@ -30,6 +30,9 @@ def _batch(model):
 def test_set_trainable_per_stage_and_table(tiny_ckpts):
     model = _build(tiny_ckpts)
     vision = model.vision
+    parts = model.part_modules()
+    assert parts["task_head"] == [vision.task_blocks, vision.task_norm] and parts["tower"] == [vision.tower]
+    assert list(parts) == ["tower", *TRAINABLE_PARTS]
     model.set_trainable({"task_head", "prior_head", "projector"})  # the paper's stage 1
     table = {row.part: (row.trainable, row.total) for row in model.trainable_parameter_table()}
     assert table == {

@@ -19,11 +19,11 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 
+from ..conversation import IMAGE_TOKEN
 from ..vision import ViTSplit, ViTSplitConfig, build_tower, load_tower
 from .configuration_vitsplit_llava import VitSplitLlavaConfig
 from .projector import build_projector
 
-IMAGE_TOKEN = "<image>"
 # Parts the trainer can (un)freeze per stage. The vision tower is not one of them: it always stays frozen.
 TRAINABLE_PARTS = ("task_head", "prior_head", "projector", "language_model")
 
@@ -168,7 +168,8 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
             labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
         )
 
-    def _part_modules(self) -> dict[str, list[nn.Module]]:
+    def part_modules(self) -> dict[str, list[nn.Module]]:
+        """The modules of the tower and of each trainable part (empty lists for the heads in baseline mode)."""
         vision = self.vision
         return {
             "tower": [vision.tower],
@@ -190,7 +191,7 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 f"Unknown trainable parts {sorted(unknown)}; choose from {', '.join(TRAINABLE_PARTS)} "
                 "(the vision tower always stays frozen)."
             )
-        modules = self._part_modules()
+        modules = self.part_modules()
         if missing := sorted(p for p in parts if not modules[p]):
             raise ValueError(
                 f"{missing} do not exist with split.use_split=False (baseline); train projector and/or language_model."
@@ -203,7 +204,7 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def trainable_parameter_table(self) -> list[PartCount]:
         """(part, trainable params, total params) for the tower and each trainable part; tied weights count once."""
         rows = []
-        for part, modules in self._part_modules().items():
+        for part, modules in self.part_modules().items():
             params = {id(p): p for m in modules for p in m.parameters()}.values()
             rows.append(PartCount(part, sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)))
         return rows
