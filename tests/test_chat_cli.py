@@ -1,6 +1,10 @@
 """Chat session logic (vitsplit_vlm.chat) against a scripted fake model, and scripts/chat.py driven through a pty."""
 from __future__ import annotations
 
+import os
+import select
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -8,24 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, BatchFeature
+from transformers import AutoImageProcessor, AutoTokenizer
 
 from vitsplit_vlm.chat import ChatModel, ChatSession, GenerationSettings
-from vitsplit_vlm.conversation import render_prompt
+from vitsplit_vlm.conversation import encode_prompt, expand_image_tokens
+from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration
+from vitsplit_vlm.vision import split_preset
 
+REPO = Path(__file__).resolve().parents[1]
 WORDS = " the red circle is on the left"
-
-
-class FakeProcessor:
-    """Tokenises the rendered prompt and records what it was called with."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.calls: list[tuple[str, list | None]] = []
-
-    def __call__(self, text: str, images=None, return_tensors: str = "pt") -> BatchFeature:
-        self.calls.append((text, images))
-        return BatchFeature({"input_ids": torch.tensor([self.tokenizer(text)["input_ids"]])})
 
 
 class FakeModel:
@@ -33,16 +28,17 @@ class FakeModel:
 
     device = torch.device("cpu")
     dtype = torch.float32
+    num_image_tokens = 3
 
     def __init__(self, tokenizer, lockstep: threading.Semaphore | None = None, fail: bool = False):
         self.reply = tokenizer(WORDS, add_special_tokens=False)["input_ids"]
         self.lockstep, self.fail = lockstep, fail
         self.generated = 0
         self.stopped = False
-        self.kwargs: dict = {}
+        self.calls: list[dict] = []  # the inputs and sampling flags of each generate call
 
     def generate(self, input_ids, streamer, stopping_criteria, **kwargs):
-        self.kwargs = kwargs
+        self.calls.append({"input_ids": input_ids, **kwargs})
         streamer.put(input_ids)  # the prompt, as generate does; skipped by the streamer
         for token in self.reply:
             if self.fail:
@@ -70,8 +66,29 @@ def tokenizer(tiny_ckpts):
     return AutoTokenizer.from_pretrained(tiny_ckpts["llama"])
 
 
-def _session(tokenizer, template: str = "vicuna_v1", **model_kwargs) -> ChatSession:
-    return ChatSession(ChatModel(FakeModel(tokenizer, **model_kwargs), FakeProcessor(tokenizer), template))
+@pytest.fixture(scope="module")
+def image_processor(tiny_ckpts):
+    return AutoImageProcessor.from_pretrained(tiny_ckpts["clip"])
+
+
+@pytest.fixture
+def make_session(tokenizer, image_processor):
+    def make(template: str = "vicuna_v1", **model_kwargs) -> ChatSession:
+        return ChatSession(ChatModel(FakeModel(tokenizer, **model_kwargs), tokenizer, image_processor, template))
+
+    return make
+
+
+def _expected_ids(messages, tokenizer, template: str = "vicuna_v1") -> list[int]:
+    """The training-time ids of a prompt: bos rule of encode_prompt, <image> expanded to the model's 3 tokens."""
+    ids = encode_prompt(messages, tokenizer, template)
+    return expand_image_tokens(ids, ids, tokenizer.convert_tokens_to_ids("<image>"), FakeModel.num_image_tokens)[0]
+
+
+def _generated_from(session: ChatSession, call: int = -1) -> tuple[list[int], torch.Tensor | None]:
+    """The prompt ids and pixel_values the model's generate got."""
+    inputs = session.chat_model.model.calls[call]
+    return inputs["input_ids"][0].tolist(), inputs.get("pixel_values")
 
 
 def _image(path: Path, mode: str = "RGB", size: tuple[int, int] = (37, 23)) -> Path:
@@ -79,9 +96,9 @@ def _image(path: Path, mode: str = "RGB", size: tuple[int, int] = (37, 23)) -> P
     return path
 
 
-def test_reply_streams_token_by_token_while_generation_runs(tokenizer):
+def test_reply_streams_token_by_token_while_generation_runs(make_session):
     lockstep = threading.Semaphore(0)
-    session = _session(tokenizer, lockstep=lockstep)
+    session = make_session(lockstep=lockstep)
     model = session.chat_model.model
     generated_at_chunk = []
     chunks = []
@@ -95,9 +112,9 @@ def test_reply_streams_token_by_token_while_generation_runs(tokenizer):
     assert session.messages == [{"role": "user", "content": "what is it?"}, {"role": "assistant", "content": WORDS.strip()}]
 
 
-def test_closing_the_stream_stops_generation_and_drops_the_turn(tokenizer):
+def test_closing_the_stream_stops_generation_and_drops_the_turn(make_session):
     lockstep = threading.Semaphore(0)
-    session = _session(tokenizer, lockstep=lockstep)
+    session = make_session(lockstep=lockstep)
     stream = session.ask("what is it?")
     next(stream)
     stream.close()  # what Ctrl-C or a cancelled web request does
@@ -106,16 +123,15 @@ def test_closing_the_stream_stops_generation_and_drops_the_turn(tokenizer):
     assert session.messages == []
 
 
-def test_generate_error_reaches_the_reader_and_history_is_unchanged(tokenizer):
-    session = _session(tokenizer, fail=True)
+def test_generate_error_reaches_the_reader_and_history_is_unchanged(make_session):
+    session = make_session(fail=True)
     with pytest.raises(RuntimeError, match="out of memory"):
         list(session.ask("what is it?"))
     assert session.messages == []
 
 
-def test_image_goes_in_first_user_turn_and_history_is_rendered_with_the_template(tokenizer, tmp_path):
-    session = _session(tokenizer)
-    processor = session.chat_model.processor
+def test_image_goes_in_first_user_turn_and_history_is_rendered_with_the_template(make_session, tokenizer, tmp_path):
+    session = make_session()
     list(session.ask("hello"))  # text-only turn: no image yet
     assert session.set_image(_image(tmp_path / "a.png")) == f"Loaded image {tmp_path / 'a.png'} (37x23)."
     assert len(session.messages) == 2  # loading the first image keeps the text-only history
@@ -128,14 +144,15 @@ def test_image_goes_in_first_user_turn_and_history_is_rendered_with_the_template
         {"role": "assistant", "content": WORDS.strip()},
         {"role": "user", "content": "and the shape?"},
     ]
-    prompt, images = processor.calls[-1]
-    assert prompt == render_prompt(expected, tokenizer, "vicuna_v1")
-    assert prompt.count("<image>") == 1 and len(images) == 1 and images[0].mode == "RGB"
-    assert processor.calls[0][1] is None
+    ids, pixel_values = _generated_from(session)
+    assert ids == _expected_ids(expected, tokenizer)
+    assert pixel_values.shape == (1, 3, 28, 28)  # any size in, the tower's size out
+    assert _generated_from(session, 0)[1] is None
+    assert session.chat_model.model.calls[-1].keys() >= {"attention_mask", "max_new_tokens", "do_sample", "temperature", "top_p"}
 
 
-def test_swapping_a_seen_image_starts_a_new_conversation(tokenizer, tmp_path):
-    session = _session(tokenizer)
+def test_swapping_a_seen_image_starts_a_new_conversation(make_session, tmp_path):
+    session = make_session()
     session.set_image(_image(tmp_path / "a.png"))
     session.set_image(_image(tmp_path / "b.png", mode="L", size=(5, 900)))  # not seen yet: nothing to reset
     list(session.ask("what colour?"))
@@ -143,11 +160,12 @@ def test_swapping_a_seen_image_starts_a_new_conversation(tokenizer, tmp_path):
     assert message.endswith("Started a new conversation: the model sees one image per conversation.")
     assert session.messages == [] and session.image.mode == "RGB"
     list(session.ask("and now?"))
-    assert session.chat_model.processor.calls[-1][0].count("<image>") == 1
+    image_id = session.chat_model.tokenizer.convert_tokens_to_ids("<image>")
+    assert _generated_from(session)[0].count(image_id) == FakeModel.num_image_tokens
 
 
-def test_bad_image_keeps_the_session(tokenizer, tmp_path):
-    session = _session(tokenizer)
+def test_bad_image_keeps_the_session(make_session, tmp_path):
+    session = make_session()
     missing = tmp_path / "missing.png"
     assert session.set_image(missing) == f"Could not open image {missing}: No such file or directory. Still using no image."
     good = _image(tmp_path / "good.png")
@@ -160,22 +178,22 @@ def test_bad_image_keeps_the_session(tokenizer, tmp_path):
     assert session.image_path == str(good) and len(session.messages) == 2
 
 
-def test_reset_clears_history_and_image(tokenizer, tmp_path):
-    session = _session(tokenizer)
+def test_reset_clears_history_and_image(make_session, tmp_path):
+    session = make_session()
     session.set_image(_image(tmp_path / "a.png"))
     list(session.ask("what colour?"))
     session.reset()
     assert session.messages == [] and session.image is None
     list(session.ask("hello"))
-    assert session.chat_model.processor.calls[-1][1] is None
+    assert _generated_from(session)[1] is None
 
 
-def test_plain_template_renders_each_question_alone_with_the_image(tokenizer, tmp_path):
-    session = _session(tokenizer, template="plain")
+def test_plain_template_renders_each_question_alone_with_the_image(make_session, tokenizer, tmp_path):
+    session = make_session(template="plain")
     session.set_image(_image(tmp_path / "a.png"))
     list(session.ask("describe"))
     list(session.ask("again"))
-    assert session.chat_model.processor.calls[-1][0] == "<image>"
+    assert _generated_from(session)[0] == _expected_ids([{"role": "user", "content": "<image>\nagain"}], tokenizer, "plain")
     assert len(session.messages) == 4 and session.image_turn is None
 
 
@@ -185,3 +203,91 @@ def test_sampling_flags():
     for bad in ({"max_new_tokens": 0}, {"temperature": -1}, {"top_p": 0}):
         with pytest.raises(ValueError):
             GenerationSettings(**bad)
+
+
+def save_tiny_vlm(tiny_ckpts: dict[str, Path], out_dir: Path) -> Path:
+    """A random tiny VLM checkpoint dir as training writes it: model, tokenizer, image processor.
+
+    Special tokens are suppressed so that every reply has visible text (a random model may emit eos first).
+    """
+    torch.manual_seed(0)
+    model = VitSplitLlavaForConditionalGeneration.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"], split_preset("clip-l-vlm"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_ckpts["llama"])
+    model.generation_config.suppress_tokens = sorted(set(tokenizer.all_special_ids))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    AutoImageProcessor.from_pretrained(tiny_ckpts["clip"]).save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm_dir(tiny_ckpts, tmp_path_factory) -> Path:
+    return save_tiny_vlm(tiny_ckpts, tmp_path_factory.mktemp("tiny_vlm"))
+
+
+class Terminal:
+    """A child process on a pseudo-terminal (what a user's shell gives it), read with deadlines."""
+
+    def __init__(self, argv: list[str], cwd: Path):
+        master, slave = os.openpty()
+        env = {**os.environ, "TERM": "dumb", "HF_HUB_OFFLINE": "1"}  # dumb: no escape sequences from readline
+        self.process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, start_new_session=True)
+        os.close(slave)
+        self.fd = master
+        self.output = ""  # everything read so far
+        self.seen = 0  # where the next expect starts looking
+
+    def expect(self, text: str, timeout: float = 30) -> str:
+        """Output up to and including ``text``; fails with the whole transcript when it does not come."""
+        deadline = time.monotonic() + timeout
+        while (found := self.output.find(text, self.seen)) < 0:
+            left = deadline - time.monotonic()
+            ready = left > 0 and select.select([self.fd], [], [], left)[0]
+            try:
+                data = os.read(self.fd, 4096) if ready else b""
+            except OSError:  # EIO: the child closed the terminal
+                data = b""
+            if not data:
+                pytest.fail(f"no {text!r} in the terminal ({'timed out' if left <= 0 else 'process ended'}):\n{self.output}")
+            self.output += data.decode(errors="replace").replace("\r\n", "\n")
+        start, self.seen = self.seen, found + len(text)
+        return self.output[start:self.seen]
+
+    def send(self, line: str) -> None:
+        os.write(self.fd, line.encode() + b"\n")
+
+    def close(self) -> int | None:
+        """Exit code if the child ended within 10 s, else None (then it is killed)."""
+        try:
+            return self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return None
+        finally:
+            os.close(self.fd)
+
+
+def test_terminal_chat_commands_and_bad_images(tiny_vlm_dir, tmp_path):
+    Image.new("RGBA", (50, 70), (0, 0, 255, 255)).save(tmp_path / "good.png")
+    terminal = Terminal([sys.executable, str(REPO / "scripts/chat.py"), "--model", str(tiny_vlm_dir), "--max-new-tokens", "5"], tmp_path)
+    try:
+        assert "(template vicuna_v1). Commands: /image PATH, /reset, /quit." in terminal.expect("USER> ", timeout=60)
+        terminal.send("what is there?")
+        terminal.expect("ASSISTANT> ")
+        assert terminal.expect("USER> ").strip()  # a reply, then the next prompt
+        terminal.send("/image missing.png")
+        assert "Could not open image missing.png: No such file or directory. Still using no image." in terminal.expect("USER> ")
+        terminal.send("/image good.png")
+        assert "Loaded image good.png (50x70)." in terminal.expect("USER> ")
+        terminal.send("what colour is it?")
+        terminal.expect("ASSISTANT> ")
+        assert terminal.expect("USER> ").strip()
+        terminal.send("/image 'good.png'")
+        assert "Started a new conversation: the model sees one image per conversation." in terminal.expect("USER> ")
+        terminal.send("/reset")
+        assert "Conversation and image cleared." in terminal.expect("USER> ")
+        terminal.send("/quit")
+    finally:
+        code = terminal.close()
+    assert code == 0, terminal.output

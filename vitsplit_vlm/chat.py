@@ -20,9 +20,16 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
-from .conversation import IMAGE_TOKEN, TEMPLATES, Message, render_prompt
+from .conversation import IGNORE_INDEX, IMAGE_TOKEN, TEMPLATES, Message, encode_prompt, expand_image_tokens
 
 DEFAULT_TEMPLATE = "vicuna_v1"
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,14 +82,17 @@ class _StopOnEvent(StoppingCriteria):
 
 @dataclass
 class ChatModel:
-    """A loaded model + processor, the template its prompts are rendered with, and the sampling settings.
+    """A loaded model with its tokenizer and image processor, the chat template and the sampling settings.
 
-    ``model`` needs ``generate(**inputs, streamer=..., stopping_criteria=..., **sampling)``, ``device`` and
-    ``dtype``; ``processor`` needs ``__call__(text=, images=, return_tensors="pt")`` and ``tokenizer``.
+    Prompts are tokenised exactly as training and evaluation do (``encode_prompt`` then ``expand_image_tokens``),
+    so a chat sees the same bos and image-token layout the model was trained on. ``model`` needs
+    ``generate(input_ids=, attention_mask=, pixel_values=, streamer=, stopping_criteria=, **sampling)``,
+    ``num_image_tokens``, ``device`` and ``dtype``.
     """
 
     model: Any
-    processor: Any
+    tokenizer: PreTrainedTokenizerBase
+    image_processor: Any
     template: str = DEFAULT_TEMPLATE
     settings: GenerationSettings = field(default_factory=GenerationSettings)
 
@@ -101,16 +111,35 @@ class ChatModel:
         settings: GenerationSettings | None = None,
     ) -> ChatModel:
         """Load a checkpoint directory; the template is ``template``, else the one its config records, else vicuna_v1."""
-        from .models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
+        from .models import VitSplitLlavaForConditionalGeneration
 
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         if not Path(model_dir, "config.json").is_file():
             raise FileNotFoundError(f"{model_dir}: no config.json; pass a directory written by save_pretrained (a trained or converted checkpoint)")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            image_processor = AutoImageProcessor.from_pretrained(model_dir)
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"{model_dir}: the tokenizer or image processor files are missing ({exc}); save them next to the model "
+                "(tokenizer.save_pretrained / image_processor.save_pretrained, or the processor's save_pretrained)"
+            ) from exc
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = VitSplitLlavaForConditionalGeneration.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
-        processor = VitSplitLlavaProcessor.from_pretrained(model_dir)
         template = template or getattr(model.config, "conversation_template", None) or DEFAULT_TEMPLATE
-        return cls(model, processor, template, settings or GenerationSettings())
+        return cls(model, tokenizer, image_processor, template, settings or GenerationSettings())
+
+    def inputs(self, messages: list[Message], image: Image.Image | None) -> dict[str, torch.Tensor]:
+        """``generate`` inputs for a history ending with a user turn (one ``<image>`` iff ``image`` is given)."""
+        ids = encode_prompt(messages, self.tokenizer, self.template)
+        image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        ids, _ = expand_image_tokens(ids, [IGNORE_INDEX] * len(ids), image_token_id, self.model.num_image_tokens)
+        input_ids = torch.tensor([ids], device=self.model.device)
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        if image is not None:
+            pixel_values = self.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+            inputs["pixel_values"] = pixel_values.to(self.model.device, self.model.dtype)
+        return inputs
 
     def stream(self, messages: list[Message], image: Image.Image | None) -> Iterator[str]:
         """Yield the reply to ``messages`` (ending with a user turn) as it is generated.
@@ -119,12 +148,8 @@ class ChatModel:
         cancelled web request) stops generation at the next token instead of letting it run to max_new_tokens.
         An exception raised by ``generate`` is re-raised here.
         """
-        prompt = render_prompt(messages, self.processor.tokenizer, self.template)
-        inputs = self.processor(text=prompt, images=[image] if image is not None else None, return_tensors="pt")
-        inputs = inputs.to(self.model.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        inputs = self.inputs(messages, image)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = threading.Event()
         failures: list[BaseException] = []
 
