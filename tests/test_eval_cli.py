@@ -349,3 +349,65 @@ def test_scripts_run_from_the_command_line(tmp_path):
                           "--annotation-file", str(tmp_path / "missing.json")], capture_output=True, text=True,
                          env=env, cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.startswith("error: VQAv2 predictions file")
+
+
+# ------------------------------------------------------------------------------------------ real tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm_dir(tiny_ckpts, tmp_path_factory):
+    """A saved tiny VitSplitLlava checkpoint with its processor, as training writes it."""
+    import torch
+
+    from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
+    from vitsplit_vlm.vision import split_preset
+
+    torch.manual_seed(0)
+    model = VitSplitLlavaForConditionalGeneration.from_components(
+        tiny_ckpts["clip"], tiny_ckpts["llama"], split_preset("clip-l-vlm"))
+    with torch.no_grad():  # random init: make the visual tokens loud enough that answers depend on the image
+        for p in model.projector.parameters():
+            p.mul_(10)
+    out = tmp_path_factory.mktemp("tiny_vlm")
+    model.save_pretrained(out)
+    VitSplitLlavaProcessor.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"]).save_pretrained(out)
+    return out
+
+
+def test_end_to_end_with_a_tiny_vlm(tiny_vlm_dir, tmp_path):
+    """Batched, chunked CLI answers equal one-prompt-at-a-time generation from a hand-written LLaVA-1.5 prompt."""
+    import torch
+
+    from vitsplit_vlm.conversation import VICUNA_SYSTEM
+    from vitsplit_vlm.metrics.cli import DEFAULT_INSTRUCTION
+    from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
+
+    qf, af = make_vqav2(tmp_path, n=5)
+    questions = json.loads(qf.read_text())["questions"]
+    for i, q in enumerate(questions):  # distinct images and question lengths, so left padding is exercised
+        Image.new("RGB", (20 + 7 * i, 30), (40 * i, 255 - 30 * i, 90)).save(
+            tmp_path / "images" / f"COCO_val2014_{q['image_id']:012d}.jpg")
+        q["question"] = "What is shown" + " here" * i + "?"
+    qf.write_text(json.dumps({"data_subtype": "val2014", "questions": questions}))
+    base = ["run", "--model-path", str(tiny_vlm_dir), "--question-file", str(qf), "--image-dir",
+            str(tmp_path / "images"), "--annotation-file", str(af), "--output-dir", str(tmp_path / "out"),
+            "--batch-size", "2", "--max-new-tokens", "5", "--no-progress"]
+    assert VQAV2.main(VQAV2.VQAV2, base + ["--num-chunks", "2", "--chunk-idx", "1"]) == 0
+    assert VQAV2.main(VQAV2.VQAV2, base + ["--num-chunks", "2", "--chunk-idx", "0"]) == 0
+    raw = {r["question_id"]: r["answer"] for r in read_jsonl(tmp_path / "out" / "answers" / "chunk-000-of-002.jsonl")
+           + read_jsonl(tmp_path / "out" / "answers" / "chunk-001-of-002.jsonl")}
+    assert sorted(raw) == [q["question_id"] for q in questions]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["num_predictions"] == 5 and 0.0 <= summary["metrics"]["overall"] <= 100.0
+
+    model = VitSplitLlavaForConditionalGeneration.from_pretrained(tiny_vlm_dir).eval()
+    processor = VitSplitLlavaProcessor.from_pretrained(tiny_vlm_dir)
+    for q in questions:
+        prompt = f"{VICUNA_SYSTEM} USER: <image>\n{q['question']}\n{DEFAULT_INSTRUCTION} ASSISTANT:"
+        with Image.open(tmp_path / "images" / f"COCO_val2014_{q['image_id']:012d}.jpg") as im:
+            inputs = processor(text=[prompt], images=[im.convert("RGB")])
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        expected = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert raw[q["question_id"]] == expected
+    assert len(set(raw.values())) > 1  # the answers really depend on the input

@@ -58,6 +58,8 @@ def build_parser(bench: Benchmark) -> argparse.ArgumentParser:
     run.add_argument("--image-name-format", default=bench.default_image_name_format,
                      help="file name of an image inside --image-dir (default: %(default)s)")
     run.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="appended to every question")
+    run.add_argument("--template", default=None, help="chat template (default: the checkpoint's "
+                     "config.conversation_template, else vicuna_v1)")
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--max-new-tokens", type=int, default=16)
     run.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK when CUDA is available, else cpu")
@@ -94,13 +96,13 @@ def cmd_run(bench: Benchmark, args: argparse.Namespace, make_answerer: Callable 
     num_chunks, chunk_idx = resolve_chunk(args.num_chunks, args.chunk_idx)
     items = _items(bench, args)
     run_config = {"benchmark": bench.name, "model_path": str(args.model_path.resolve()),
-                  "instruction": args.instruction, "max_new_tokens": args.max_new_tokens}
+                  "instruction": args.instruction, "template": args.template, "max_new_tokens": args.max_new_tokens}
     if make_answerer is None:
         from .generation import load_answerer  # torch / transformers only when a model is needed
 
         def make_answerer():
             return load_answerer(args.model_path, instruction=args.instruction, max_new_tokens=args.max_new_tokens,
-                                 device=args.device, dtype=args.dtype)
+                                 template=args.template, device=args.device, dtype=args.dtype)
 
     run_chunk(items, make_answerer, args.output_dir, num_chunks, chunk_idx, args.batch_size, run_config,
               image_hint=f"Check --image-dir {args.image_dir} and --image-name-format {args.image_name_format!r}.",
