@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer
+from transformers import AutoTokenizer
 
 from vitsplit_vlm.chat import ChatModel, ChatSession, GenerationSettings
 from vitsplit_vlm.conversation import encode_prompt, expand_image_tokens
-from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration
+from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
 from vitsplit_vlm.vision import split_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,6 @@ class FakeModel:
 
     device = torch.device("cpu")
     dtype = torch.float32
-    num_image_tokens = 3
 
     def __init__(self, tokenizer, lockstep: threading.Semaphore | None = None, fail: bool = False):
         self.reply = tokenizer(WORDS, add_special_tokens=False)["input_ids"]
@@ -67,22 +66,22 @@ def tokenizer(tiny_ckpts):
 
 
 @pytest.fixture(scope="module")
-def image_processor(tiny_ckpts):
-    return AutoImageProcessor.from_pretrained(tiny_ckpts["clip"])
+def processor(tiny_ckpts):
+    return VitSplitLlavaProcessor.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"])
 
 
 @pytest.fixture
-def make_session(tokenizer, image_processor):
+def make_session(tokenizer, processor):
     def make(template: str = "vicuna_v1", **model_kwargs) -> ChatSession:
-        return ChatSession(ChatModel(FakeModel(tokenizer, **model_kwargs), tokenizer, image_processor, template))
+        return ChatSession(ChatModel(FakeModel(tokenizer, **model_kwargs), processor, template))
 
     return make
 
 
 def _expected_ids(messages, tokenizer, template: str = "vicuna_v1") -> list[int]:
-    """The training-time ids of a prompt: bos rule of encode_prompt, <image> expanded to the model's 3 tokens."""
+    """Training's ids for a prompt: encode_prompt's bos rule, <image> expanded to 4 tokens (28 px / 14 px patches)."""
     ids = encode_prompt(messages, tokenizer, template)
-    return expand_image_tokens(ids, ids, tokenizer.convert_tokens_to_ids("<image>"), FakeModel.num_image_tokens)[0]
+    return expand_image_tokens(ids, ids, tokenizer.convert_tokens_to_ids("<image>"), 4)[0]
 
 
 def _generated_from(session: ChatSession, call: int = -1) -> tuple[list[int], torch.Tensor | None]:
@@ -160,8 +159,8 @@ def test_swapping_a_seen_image_starts_a_new_conversation(make_session, tmp_path)
     assert message.endswith("Started a new conversation: the model sees one image per conversation.")
     assert session.messages == [] and session.image.mode == "RGB"
     list(session.ask("and now?"))
-    image_id = session.chat_model.tokenizer.convert_tokens_to_ids("<image>")
-    assert _generated_from(session)[0].count(image_id) == FakeModel.num_image_tokens
+    image_id = session.chat_model.processor.image_token_id
+    assert _generated_from(session)[0].count(image_id) == 4
 
 
 def test_bad_image_keeps_the_session(make_session, tmp_path):
@@ -206,17 +205,16 @@ def test_sampling_flags():
 
 
 def save_tiny_vlm(tiny_ckpts: dict[str, Path], out_dir: Path) -> Path:
-    """A random tiny VLM checkpoint dir as training writes it: model, tokenizer, image processor.
+    """A random tiny VLM checkpoint dir as training writes it: model + processor.
 
     Special tokens are suppressed so that every reply has visible text (a random model may emit eos first).
     """
     torch.manual_seed(0)
     model = VitSplitLlavaForConditionalGeneration.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"], split_preset("clip-l-vlm"))
-    tokenizer = AutoTokenizer.from_pretrained(tiny_ckpts["llama"])
-    model.generation_config.suppress_tokens = sorted(set(tokenizer.all_special_ids))
+    processor = VitSplitLlavaProcessor.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"])
+    model.generation_config.suppress_tokens = sorted(set(processor.tokenizer.all_special_ids))
     model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    AutoImageProcessor.from_pretrained(tiny_ckpts["clip"]).save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
     return out_dir
 
 

@@ -1,7 +1,8 @@
 """Interactive chat with a ViT-Split LLaVA checkpoint: what the terminal and the web demo share.
 
 Why one module: ``scripts/chat.py`` and ``scripts/web_demo.py`` must agree on how a conversation is rendered (the
-template the model was trained with), where the image goes (in the first user turn that has it, as LLaVA does),
+template the model was trained with, tokenised by the checkpoint's processor with training's bos and image-token
+rules), where the image goes (in the first user turn that has it, as LLaVA does),
 when the history must go (a LLaVA-1.5-style model sees one image per conversation, so swapping the image starts a
 new one) and how tokens are streamed (``TextIteratorStreamer`` fed by ``generate`` in a worker thread).
 
@@ -20,16 +21,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import (
-    AutoImageProcessor,
-    AutoTokenizer,
-    PreTrainedTokenizerBase,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TextIteratorStreamer,
-)
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from .conversation import IGNORE_INDEX, IMAGE_TOKEN, TEMPLATES, Message, encode_prompt, expand_image_tokens
+from .conversation import IMAGE_TOKEN, TEMPLATES, Message
+from .models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor, to_rgb
 
 DEFAULT_TEMPLATE = "vicuna_v1"
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,9 +55,9 @@ class GenerationSettings:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Any size, any mode PIL reads -> RGB (the image processor resizes). Decodes now, so a truncated file fails here."""
+    """Any size, any mode PIL reads -> RGB (the processor resizes). Decodes now, so a truncated file fails here."""
     with Image.open(path) as image:
-        return image.convert("RGB")
+        return to_rgb(image)
 
 
 def _reason(exc: Exception) -> str:
@@ -82,17 +77,15 @@ class _StopOnEvent(StoppingCriteria):
 
 @dataclass
 class ChatModel:
-    """A loaded model with its tokenizer and image processor, the chat template and the sampling settings.
+    """A loaded model and its processor, the chat template and the sampling settings.
 
-    Prompts are tokenised exactly as training and evaluation do (``encode_prompt`` then ``expand_image_tokens``),
-    so a chat sees the same bos and image-token layout the model was trained on. ``model`` needs
-    ``generate(input_ids=, attention_mask=, pixel_values=, streamer=, stopping_criteria=, **sampling)``,
-    ``num_image_tokens``, ``device`` and ``dtype``.
+    ``model`` needs ``generate(input_ids=, attention_mask=, pixel_values=, streamer=, stopping_criteria=, **sampling)``,
+    ``device`` and ``dtype``; ``processor`` is a :class:`VitSplitLlavaProcessor` (or anything with its
+    ``apply_chat_template(messages, template=, tokenize=True, images=)`` and ``tokenizer``).
     """
 
     model: Any
-    tokenizer: PreTrainedTokenizerBase
-    image_processor: Any
+    processor: Any
     template: str = DEFAULT_TEMPLATE
     settings: GenerationSettings = field(default_factory=GenerationSettings)
 
@@ -111,34 +104,27 @@ class ChatModel:
         settings: GenerationSettings | None = None,
     ) -> ChatModel:
         """Load a checkpoint directory; the template is ``template``, else the one its config records, else vicuna_v1."""
-        from .models import VitSplitLlavaForConditionalGeneration
-
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         if not Path(model_dir, "config.json").is_file():
             raise FileNotFoundError(f"{model_dir}: no config.json; pass a directory written by save_pretrained (a trained or converted checkpoint)")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            image_processor = AutoImageProcessor.from_pretrained(model_dir)
+            processor = VitSplitLlavaProcessor.from_pretrained(model_dir)
         except OSError as exc:
             raise FileNotFoundError(
-                f"{model_dir}: the tokenizer or image processor files are missing ({exc}); save them next to the model "
-                "(tokenizer.save_pretrained / image_processor.save_pretrained, or the processor's save_pretrained)"
+                f"{model_dir}: cannot load the processor ({exc}); save it next to the model with "
+                "VitSplitLlavaProcessor.save_pretrained (tokenizer + image processor + processor config)"
             ) from exc
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = VitSplitLlavaForConditionalGeneration.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
         template = template or getattr(model.config, "conversation_template", None) or DEFAULT_TEMPLATE
-        return cls(model, tokenizer, image_processor, template, settings or GenerationSettings())
+        return cls(model, processor, template, settings or GenerationSettings())
 
     def inputs(self, messages: list[Message], image: Image.Image | None) -> dict[str, torch.Tensor]:
         """``generate`` inputs for a history ending with a user turn (one ``<image>`` iff ``image`` is given)."""
-        ids = encode_prompt(messages, self.tokenizer, self.template)
-        image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        ids, _ = expand_image_tokens(ids, [IGNORE_INDEX] * len(ids), image_token_id, self.model.num_image_tokens)
-        input_ids = torch.tensor([ids], device=self.model.device)
-        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-        if image is not None:
-            pixel_values = self.image_processor(images=[image], return_tensors="pt")["pixel_values"]
-            inputs["pixel_values"] = pixel_values.to(self.model.device, self.model.dtype)
+        inputs = self.processor.apply_chat_template(messages, template=self.template, tokenize=True, images=None if image is None else [image])
+        inputs = {name: value.to(self.model.device) for name, value in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return inputs
 
     def stream(self, messages: list[Message], image: Image.Image | None) -> Iterator[str]:
@@ -149,7 +135,7 @@ class ChatModel:
         An exception raised by ``generate`` is re-raised here.
         """
         inputs = self.inputs(messages, image)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = threading.Event()
         failures: list[BaseException] = []
 
