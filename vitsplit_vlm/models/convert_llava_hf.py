@@ -1,0 +1,108 @@
+"""Convert a llava-hf checkpoint (e.g. llava-hf/llava-1.5-7b-hf downloaded by hand) into this library's format.
+
+    python scripts/convert_llava_hf.py --src llava-1.5-7b-hf --dst llava-1.5-7b-vitsplit [--split-preset clip-l-vlm]
+
+The tower comes from `vision_tower`, the LM from `language_model` + `lm_head`, the projector from
+`multi_modal_projector`, `image_token_id` and the feature layer from the config; the tokenizer and image processor
+are saved as a `VitSplitLlavaProcessor` next to the model. With `llava-baseline` the result computes exactly what
+the source does; with a split preset the task head starts as a copy of the tower's blocks it replaces and the prior
+head and fusion start fresh (so the LLaVA projector sees new features until stage-1 training).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+from ..vision import SPLIT_PRESETS, ViTSplitConfig, split_preset
+from ..vision.towers import tower_parts
+from .configuration_vitsplit_llava import VitSplitLlavaConfig
+from .modeling_vitsplit_llava import VitSplitLlavaForConditionalGeneration
+from .processing_vitsplit_llava import VitSplitLlavaProcessor
+
+# vision_feature_select_strategy -> leading tokens it drops; ViT-Split drops exactly the tower's prefix tokens.
+_DROPPED_BY_STRATEGY = {"default": 1, "full": 0}
+
+
+def _check_source(src: Path, llava: LlavaForConditionalGeneration) -> None:
+    config = llava.config
+    if not isinstance(config.vision_feature_layer, int):
+        raise ValueError(
+            f"{src}: vision_feature_layer={config.vision_feature_layer} concatenates several layers; ViT-Split reads one."
+        )
+    prefix = tower_parts(llava.model.vision_tower).num_prefix_tokens
+    if _DROPPED_BY_STRATEGY.get(config.vision_feature_select_strategy) != prefix:
+        raise ValueError(
+            f"{src}: vision_feature_select_strategy='{config.vision_feature_select_strategy}' does not drop exactly "
+            f"the tower's {prefix} prefix token(s), which is what ViT-Split feeds the projector."
+        )
+    if config.projector_hidden_act != "gelu" or not config.multimodal_projector_bias:
+        raise ValueError(
+            f"{src}: the projector (act '{config.projector_hidden_act}', bias {config.multimodal_projector_bias}) is "
+            "not LLaVA-1.5's mlp2x_gelu (GELU, with biases)."
+        )
+
+
+def convert_llava_hf(
+    src: str | Path, dst: str | Path, split: str | ViTSplitConfig = "clip-l-vlm", dtype: torch.dtype | None = None
+) -> VitSplitLlavaForConditionalGeneration:
+    """Write the converted model + processor to `dst` and return the model.
+
+    `split.feature_layer` is replaced by the source's `vision_feature_layer` (the layer its projector was trained
+    on). `dtype=None` keeps the checkpoint's dtype.
+    """
+    src, dst = Path(src), Path(dst)
+    split = split_preset(split) if isinstance(split, str) else ViTSplitConfig(**split.to_dict())
+    llava = LlavaForConditionalGeneration.from_pretrained(src, dtype=dtype or "auto")
+    _check_source(src, llava)
+    source = llava.config
+    split.feature_layer = source.vision_feature_layer
+    processor = VitSplitLlavaProcessor(
+        AutoImageProcessor.from_pretrained(src), AutoTokenizer.from_pretrained(src),
+        patch_size=source.vision_config.patch_size,
+    )
+    if processor.image_token_id != source.image_token_id:
+        raise ValueError(
+            f"{src}: the tokenizer's <image> id {processor.image_token_id} differs from the config's "
+            f"image_token_id {source.image_token_id}."
+        )
+    config = VitSplitLlavaConfig(
+        vision_config=source.vision_config.to_dict(), text_config=source.text_config.to_dict(), split=split,
+        projector_type="mlp2x_gelu", image_token_id=source.image_token_id,
+    )
+    model = VitSplitLlavaForConditionalGeneration._from_config(config, dtype=llava.dtype)
+    model.vision.tower.load_state_dict(llava.model.vision_tower.state_dict())
+    model.vision.init_task_head_from_tower()
+    model.language_model.base_model.load_state_dict(llava.model.language_model.state_dict())
+    model.language_model.get_output_embeddings().load_state_dict(llava.lm_head.state_dict())
+    hf_projector = llava.model.multi_modal_projector
+    model.projector[0].load_state_dict(hf_projector.linear_1.state_dict())
+    model.projector[2].load_state_dict(hf_projector.linear_2.state_dict())
+    model.generation_config = llava.generation_config
+    model.save_pretrained(dst)
+    processor.save_pretrained(dst)
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", required=True, type=Path, help="llava-hf checkpoint directory")
+    parser.add_argument("--dst", required=True, type=Path, help="output directory")
+    parser.add_argument("--split-preset", default="clip-l-vlm", choices=sorted(SPLIT_PRESETS))
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="weights dtype (default: the source's)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not (args.src / "config.json").is_file():
+        parser.error(f"--src {args.src}: no config.json; pass the directory of a llava-hf checkpoint")
+    model = convert_llava_hf(args.src, args.dst, args.split_preset, getattr(torch, args.dtype) if args.dtype else None)
+    for row in model.trainable_parameter_table():
+        print(f"{row.part:>15}: {row.total:,} params")
+    print(f"wrote {args.dst}")
+
+
+if __name__ == "__main__":
+    main()
