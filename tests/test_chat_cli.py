@@ -1,8 +1,10 @@
 """Chat session logic (vitsplit_vlm.chat) against a scripted fake model, and scripts/chat.py driven through a pty."""
 from __future__ import annotations
 
+import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import threading
@@ -222,6 +224,18 @@ def save_tiny_vlm(tiny_ckpts: dict[str, Path], out_dir: Path) -> Path:
 def tiny_vlm_dir(tiny_ckpts, tmp_path_factory) -> Path:
     return save_tiny_vlm(tiny_ckpts, tmp_path_factory.mktemp("tiny_vlm"))
 
+
+
+def test_load_takes_the_template_the_checkpoint_records(tiny_vlm_dir, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_vlm_dir, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "conversation_template": "plain"}))
+    assert ChatModel.load(checkpoint, device="cpu").template == "plain"
+    assert ChatModel.load(checkpoint, device="cpu", template="vicuna_v1").template == "vicuna_v1"
+    assert ChatModel.load(tiny_vlm_dir, device="cpu").template == "vicuna_v1"
+    with pytest.raises(FileNotFoundError, match="no config.json; pass a directory written by save_pretrained"):
+        ChatModel.load(tmp_path, device="cpu")
 
 class Terminal:
     """A child process on a pseudo-terminal (what a user's shell gives it), read with deadlines."""

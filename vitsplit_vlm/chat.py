@@ -27,7 +27,7 @@ from .conversation import IMAGE_TOKEN, TEMPLATES, Message
 from .models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor, to_rgb
 
 DEFAULT_TEMPLATE = "vicuna_v1"
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMMANDS_HELP = "Commands: /image PATH, /reset, /quit."
 
 
@@ -115,7 +115,10 @@ class ChatModel:
                 "VitSplitLlavaProcessor.save_pretrained (tokenizer + image processor + processor config)"
             ) from exc
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = VitSplitLlavaForConditionalGeneration.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
+        # auto: bfloat16 on a GPU (a 7B LM in float32 would need twice the memory), float32 elsewhere (half
+        # precision is slow on CPU); the same rule as the eval CLIs.
+        torch_dtype = DTYPES[dtype] if dtype != "auto" else torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = VitSplitLlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
         template = template or getattr(model.config, "conversation_template", None) or DEFAULT_TEMPLATE
         return cls(model, processor, template, settings or GenerationSettings())
 
@@ -229,7 +232,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint directory (written by save_pretrained)")
     parser.add_argument("--template", choices=TEMPLATES, help="conversation template (default: the checkpoint's, else vicuna_v1)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="weights dtype (default: as saved)")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: bfloat16 on cuda, else float32")
     parser.add_argument("--max-new-tokens", type=int, default=GenerationSettings.max_new_tokens)
     parser.add_argument("--temperature", type=float, default=GenerationSettings.temperature, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=GenerationSettings.top_p)
