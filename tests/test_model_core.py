@@ -51,6 +51,8 @@ def test_from_components_copies_tower_and_lm_and_task_head_reproduces_penultimat
     torch.testing.assert_close(task_tokens, penultimate, atol=1e-5, rtol=0)
     assert model.config.image_token_id == AutoConfig.from_pretrained(tiny_ckpts["llama"]).vocab_size - 1
     assert model.generation_config.pad_token_id == lm.generation_config.pad_token_id
+    bias = model.projector[0].bias  # fresh layers keep PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert 0 < bias.abs().max() <= 32**-0.5 and model.vision.fusion[2].bias.abs().max() <= (9 * 32) ** -0.5
 
 
 def test_save_load_round_trip_through_auto_classes(tiny_ckpts, tmp_path):
@@ -180,3 +182,14 @@ def test_image_token_id_outside_vocab_and_tokenizer_without_image_token(tiny_ckp
         "{'additional_special_tokens': ['<image>']})), resize the LM's embeddings to len(tokenizer) and save both, "
         "or pass image_token_id."
     )
+
+
+def test_from_components_refuses_zero3_init(tiny_ckpts):
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    ds_config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})  # noqa: F841
+    try:
+        with pytest.raises(RuntimeError, match=r"^from_components copies weights by state dict, which zero\.Init's "):
+            _build(tiny_ckpts)
+    finally:
+        unset_hf_deepspeed_config()

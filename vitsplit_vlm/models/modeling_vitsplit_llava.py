@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ..conversation import IMAGE_TOKEN
 from ..vision import ViTSplit, ViTSplitConfig, build_tower, load_tower
@@ -69,6 +70,12 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
         does not depend on how `__init__` initialised them; the prior head, fusion and projector start fresh.
         `image_token_id=None` looks `<image>` up in the tokenizer saved next to the LM. `dtype=None` is float32.
         """
+        if is_deepspeed_zero3_enabled():
+            raise RuntimeError(
+                "from_components copies weights by state dict, which zero.Init's partitioned parameters cannot take: "
+                "build the model before a ZeRO-3 config is active (transformers.integrations.deepspeed."
+                "unset_hf_deepspeed_config()), then let the trainer partition it."
+            )
         dtype = dtype or torch.get_default_dtype()
         if image_token_id is None:
             image_token_id = _image_token_id_of(language_path)
@@ -92,6 +99,14 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
         loaded = super().from_pretrained(*args, **kwargs)
         (loaded[0] if isinstance(loaded, tuple) else loaded).vision.tower.requires_grad_(False)
         return loaded
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Our own layers (prior head, fusion, projector) start from PyTorch's default init, as LLaVA's projector and
+        the official ViT-Split heads do; the tower and the LM are PreTrainedModels and initialise their own."""
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            module.reset_parameters()
+        else:
+            super()._init_weights(module)
 
     # The LM owns the token embeddings and the output head; resizing and tying go through it.
     def get_input_embeddings(self) -> nn.Module:
