@@ -53,8 +53,11 @@ def answer_batch(
 
 
 def default_device() -> str:
-    """This process's GPU under torchrun / accelerate (LOCAL_RANK), else the CPU."""
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    """This process's GPU under torchrun / accelerate (LOCAL_RANK, shared round-robin when ranks outnumber
+    GPUs), else the CPU."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
 
 
 def load_answerer(
