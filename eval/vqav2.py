@@ -51,7 +51,8 @@ def load_items(args: argparse.Namespace) -> list[EvalItem]:
         missing = [q.question_id for q in questions if q.question_id not in anns]
         if missing:
             raise EvalInputError(f"{len(missing)} questions of {args.question_file} are not in "
-                                 f"{args.annotation_file} (e.g. {missing[:5]}); pass the annotations of the same split.")
+                                 f"{args.annotation_file} (e.g. {missing[:5]}); pass the annotations of the "
+                                 "same split.")
     if args.submission_question_file is not None:
         everyone = {q.question_id for q in vqa.load_vqav2_questions(args.submission_question_file)[0]}
         extra = [q.question_id for q in questions if q.question_id not in everyone]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .io import EvalInputError, atomic_write_json, resolve_chunk
-from .runner import EvalItem, QuestionId, collect_answers, load_answers, run_chunk
+from .runner import ANSWERS_SUBDIR, EvalItem, QuestionId, collect_answers, run_chunk
 
 SUMMARY_NAME = "summary.json"
 DEFAULT_INSTRUCTION = "Answer the question using a single word or phrase."
@@ -107,18 +107,23 @@ def cmd_run(bench: Benchmark, args: argparse.Namespace, make_answerer: Callable 
     run_chunk(items, make_answerer, args.output_dir, num_chunks, chunk_idx, args.batch_size, run_config,
               image_hint=f"Check --image-dir {args.image_dir} and --image-name-format {args.image_name_format!r}.",
               progress=not args.no_progress)
-    done = load_answers(args.output_dir)
-    pending = sum(it.question_id not in done for it in items)
+    answers, pending = collect_answers(args.output_dir, items)
     if pending:
-        print(f"chunk {chunk_idx}/{num_chunks} done; {pending} questions left to other chunks. The last chunk to "
-              f"finish merges (or run `merge`).", file=sys.stderr)
+        print(f"chunk {chunk_idx}/{num_chunks} done; {len(pending)} questions left to other chunks. The last chunk "
+              "to finish merges (or run `merge`).", file=sys.stderr)
         return None
-    return _finish(bench, args, collect_answers(args.output_dir, items))
+    return _finish(bench, args, answers)
 
 
 def cmd_merge(bench: Benchmark, args: argparse.Namespace) -> dict:
     items = _items(bench, args)
-    return _finish(bench, args, collect_answers(args.output_dir, items))
+    answers, pending = collect_answers(args.output_dir, items)
+    if pending:
+        raise EvalInputError(
+            f"{len(pending)} of {len(items)} questions are not answered yet in {args.output_dir / ANSWERS_SUBDIR} "
+            f"(e.g. {pending[:5]}). Run the remaining chunks (re-running resumes); the last one to finish merges."
+        )
+    return _finish(bench, args, answers)
 
 
 def cmd_score(bench: Benchmark, args: argparse.Namespace) -> dict:

@@ -140,13 +140,8 @@ def run_chunk(
     return len(todo)
 
 
-def collect_answers(output_dir: Path, items: Sequence[EvalItem]) -> dict[QuestionId, str]:
-    """All items' raw answers in item order; an error while any chunk is unfinished."""
+def collect_answers(output_dir: Path, items: Sequence[EvalItem]) -> tuple[dict[QuestionId, str], list[QuestionId]]:
+    """(raw answers of the answered items in item order, ids of the items no chunk has answered yet)."""
     done = load_answers(output_dir)
-    pending = [it.question_id for it in items if it.question_id not in done]
-    if pending:
-        raise EvalInputError(
-            f"{len(pending)} of {len(items)} questions are not answered yet in {Path(output_dir) / ANSWERS_SUBDIR} "
-            f"(e.g. {pending[:5]}). Run the remaining chunks (re-running resumes); the last one to finish merges."
-        )
-    return {it.question_id: done[it.question_id] for it in items}
+    answers = {it.question_id: done[it.question_id] for it in items if it.question_id in done}
+    return answers, [it.question_id for it in items if it.question_id not in done]

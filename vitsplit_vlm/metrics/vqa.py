@@ -163,7 +163,8 @@ def load_vqav2_annotations(path: str | Path) -> dict[int, dict]:
     anns: dict[int, dict] = {}
     for i, a in enumerate(data["annotations"]):
         ok = (isinstance(a, dict) and _is_int(a.get("question_id")) and isinstance(a.get("question_type"), str)
-              and isinstance(a.get("answer_type"), str) and isinstance(a.get("answers"), list) and len(a["answers"]) >= 2
+              and isinstance(a.get("answer_type"), str) and isinstance(a.get("answers"), list)
+              and len(a["answers"]) >= 2
               and all(isinstance(x, dict) and isinstance(x.get("answer"), str) for x in a["answers"]))
         if not ok:
             raise EvalInputError(
