@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoImageProcessor,
@@ -44,7 +45,7 @@ def _make_llava_hf(tiny_ckpts, out, legacy: bool = False, **config) -> LlavaForC
     return llava
 
 
-def _inputs(tiny_ckpts, image_token_id):
+def _inputs(image_token_id):
     ids = torch.tensor([[1, 5, *[image_token_id] * 4, 6, 7], [1, *[image_token_id] * 4, 8, 9, 10]])
     return ids, torch.randn(2, 3, 28, 28)
 
@@ -55,7 +56,7 @@ def test_converted_baseline_has_the_source_logits(tiny_ckpts, tmp_path, legacy):
     convert_llava_hf(tmp_path / "src", tmp_path / "dst", "llava-baseline")
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "dst").eval()
     assert isinstance(model, VitSplitLlavaForConditionalGeneration)
-    ids, pixels = _inputs(tiny_ckpts, model.config.image_token_id)
+    ids, pixels = _inputs(model.config.image_token_id)
     with torch.no_grad():
         ours, theirs = model(ids, pixels).logits, source(input_ids=ids, pixel_values=pixels).logits
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
@@ -75,8 +76,6 @@ def test_converted_split_model_starts_from_the_tower(tiny_ckpts, tmp_path):
     assert all(p.requires_grad for p in model.vision.prior_head.parameters())
     processor = AutoProcessor.from_pretrained(tmp_path / "dst")
     assert isinstance(processor, VitSplitLlavaProcessor) and processor.num_image_tokens == model.num_image_tokens
-    from PIL import Image
-
     inputs = processor(text="<image> what is it?", images=Image.new("RGBA", (50, 40)))
     assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
 
