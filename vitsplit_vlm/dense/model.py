@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -91,7 +91,9 @@ class DenseSplitModel(nn.Module):
     def __init__(self, split: ViTSplit, config: DenseModelConfig):
         super().__init__()
         self.split = split
-        self.config = config
+        self.config = replace(config)
+        # Not a config field: the Trainer's DeepSpeed integration sizes ZeRO's "auto" buckets from it.
+        self.config.hidden_size = split.out_channels
         self.head = build_head(config.task, config.head, split.out_channels, config.num_classes, config.init_depth)
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,10 +65,19 @@ class DenseRunConfig:
     eval: DenseEvalConfig = field(default_factory=DenseEvalConfig)
 
 
+def poly_factor(step: int, warmup: int, total: int, power: float, end_ratio: float) -> float:
+    """mmseg's poly schedule as a multiplier of each group's lr: linear warmup, then (1 - progress)^power down to
+    `end_ratio` (HF's "polynomial" formula, lr_end / lr = end_ratio)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    remaining = max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
+    return (1.0 - end_ratio) * remaining**power + end_ratio
+
+
 class DenseTrainer(Trainer):
     """`Trainer` whose optimizer trains the split task head at lr x `task_head_lr_mult` and the rest at lr.
 
-    The Trainer's scheduler scales every group by the same factor, so the ratio holds for the whole run.
+    The scheduler scales every group by the same factor, so the ratio holds for the whole run.
     """
 
     def __init__(self, *args, task_head_lr_mult: float, **kwargs):
@@ -92,6 +102,19 @@ class DenseTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """"polynomial" as a plain LambdaLR: the Trainer's own reads `optimizer.defaults`, which DeepSpeed's ZeRO
+        optimizer lacks (transformers 5.24 fails there); other schedule types are the Trainer's."""
+        if self.lr_scheduler is None and self.args.lr_scheduler_type == "polynomial":
+            kwargs = {"power": 1.0, "lr_end": 1e-7, **(self.args.lr_scheduler_kwargs or {})}
+            factor = partial(
+                poly_factor, warmup=self.args.get_warmup_steps(num_training_steps), total=num_training_steps,
+                power=kwargs["power"], end_ratio=kwargs["lr_end"] / self.args.learning_rate,
+            )
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
 
 
 def _processor_stats(checkpoint_dir: Path) -> tuple[list[float], list[float]] | None:
@@ -174,6 +197,7 @@ def train(cfg: DenseRunConfig) -> dict:
         callbacks=[RunLogCallback(f"dense-{cfg.model.task}")], task_head_lr_mult=t.task_head_lr_mult,
     )
     trainer.train()
+    logger.info("trained as %s", type(trainer.model_wrapped).__name__)  # DeepSpeedEngine under --deepspeed
     if not trainer.is_world_process_zero():
         return {}
     model.save_pretrained(out / "model")
