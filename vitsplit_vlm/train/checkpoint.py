@@ -15,6 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 STAGE1_WEIGHTS = "non_lm_trainables.safetensors"
+FINAL_DIR = "final"  # a stage that trains the LM: the HF-format model, or the LoRA adapter
+BASE_DIR = "base_model"  # a LoRA stage: the model the adapter was trained on (what merge_lora.py merges into)
 LM_PREFIX = "language_model."
 
 

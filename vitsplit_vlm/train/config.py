@@ -22,6 +22,7 @@ class ModelConfig:
     vision_tower: str | None = None  # a save_pretrained dir, e.g. a hand-downloaded openai/clip-vit-large-patch14-336
     language_model: str | None = None  # LM + tokenizer dir, e.g. lmsys/vicuna-7b-v1.5
     split: str = "clip-l-vlm"  # a vitsplit_vlm.vision preset name
+    split_options: dict = field(default_factory=dict)  # ViTSplitConfig fields over the preset, e.g. {fusion_dim: 4096}
     projector_type: str = "mlp2x_gelu"
     dtype: str = "float32"  # dtype the components load in; mixed precision is `bf16` in the stage
     tiny_size: str = "demo"  # used only when a path above is missing
@@ -34,9 +35,11 @@ class DataConfig:
 
     train_json: str | None = None
     image_folder: str | None = None
+    synthetic_file: str = "train.json"  # without train_json: this file of the synthetic set (stage1.json = captions)
     template: str = "vicuna_v1"
     model_max_length: int = 2048
     skip_bad_samples: bool = False
+    pad_to_square: bool = False  # LLaVA-1.5's image_aspect_ratio=pad: no centre crop cuts the long side
     num_proc: int | None = None  # worker processes for the one-off tokenisation (cached by `datasets`)
 
 
@@ -65,8 +68,10 @@ class StageConfig:
     init_from: str | None = None
     require_init: bool = False  # refuse to start from untrained projector/heads (instruction tuning)
     learning_rate: float = 1e-3
-    projector_lr: float | None = None  # None = learning_rate
-    task_head_lr_mult: float = 1.0  # task-head LR = learning_rate * this (the paper's dense recipe uses 0.1)
+    # LR of the vision-side trainables (projector, prior head, task head), LLaVA's mm_projector_lr: in ViT-Split the
+    # heads are part of the projector. None = learning_rate.
+    projector_lr: float | None = None
+    task_head_lr_mult: float = 1.0  # task-head LR = projector LR * this (the paper's dense recipe uses 0.1)
     weight_decay: float = 0.0
     warmup_steps: float = 0.03  # >= 1: steps; < 1: fraction of all steps (LLaVA: warmup_ratio 0.03)
     lr_scheduler_type: str = "cosine"

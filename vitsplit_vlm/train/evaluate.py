@@ -1,0 +1,92 @@
+"""Held-out evaluation after training: greedy answers to single-question LLaVA records, scored by exact match.
+
+Prompts are rendered by the processor with the template the model was trained with, from the human turn as the
+training data layer reads it (`record_messages`), so the score measures what training taught, not a prompt
+mismatch. Answers are compared after the official VQA normalisation (`vitsplit_vlm.metrics`), per question type
+when the synthetic set's VQAv2 annotations are available.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..conversation import Message, Template
+from ..data.llava_json import record_messages
+from ..metrics.vqa import exact_match
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    record_id: str
+    image: Path
+    question: Message  # the user turn, "<image>\n" + question, as training saw it
+    answer: str
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # percent
+    num_questions: int
+    per_type: dict[str, float]
+    predictions: dict[str, str]
+
+
+def load_eval_records(val_json: Path, image_folder: Path, limit: int | None = None) -> list[EvalRecord]:
+    """Single-turn image records (question, reference answer) from a LLaVA JSON list."""
+    records = []
+    for row in json.loads(Path(val_json).read_text()):
+        messages, image = record_messages(row)
+        if len(messages) != 2 or image is None:
+            raise ValueError(f"{val_json}: eval record {row.get('id')} must have an image and one question/answer turn")
+        records.append(EvalRecord(str(row["id"]), image_folder / image, messages[0], messages[1]["content"]))
+    return records[:limit] if limit else records
+
+
+@torch.no_grad()
+def generate_answers(
+    model, processor, records: list[EvalRecord], template: Template, batch_size: int, max_new_tokens: int
+) -> dict[str, str]:
+    """Greedy answers, batched (the processor pads prompts on the left)."""
+    model.eval()
+    answers = {}
+    for start in tqdm(range(0, len(records), batch_size), desc="evaluating", unit="batch"):
+        batch = records[start:start + batch_size]
+        images = []
+        for record in batch:
+            with Image.open(record.image) as image:
+                image.load()
+                images.append(image)
+        inputs = processor.apply_chat_template([[r.question] for r in batch], template=template, tokenize=True, images=images)
+        out = model.generate(
+            **inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=processor.tokenizer.pad_token_id,
+        )
+        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        for record, text in zip(batch, processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            answers[record.record_id] = text.strip()
+    return answers
+
+
+def score(records: list[EvalRecord], predictions: dict[str, str], question_types: dict[str, str] | None = None) -> EvalResult:
+    """VQA accuracy (percent) overall and per question type (when `question_types` maps record ids to types)."""
+    by_type: dict[str, list[float]] = defaultdict(list)
+    overall = []
+    for record in records:
+        acc = exact_match(predictions[record.record_id], record.answer)
+        overall.append(acc)
+        if question_types:
+            by_type[question_types[record.record_id]].append(acc)
+    per_type = {t: 100 * sum(v) / len(v) for t, v in sorted(by_type.items())}
+    return EvalResult(100 * sum(overall) / max(len(overall), 1), len(overall), per_type, predictions)
+
+
+def synthetic_question_types(data_dir: Path) -> dict[str, str]:
+    """Record id -> question type, from the synthetic set's VQAv2-style annotations."""
+    annotations = json.loads((data_dir / "vqav2" / "annotations.json").read_text())["annotations"]
+    return {str(a["question_id"]): a["question_type"] for a in annotations}

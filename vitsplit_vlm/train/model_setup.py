@@ -1,0 +1,133 @@
+"""Model building per stage: components -> VLM, stage-1 weights in, parts (un)frozen; per-part LRs; stage outputs.
+
+The model is built before the stage's `TrainingArguments` exist, with the Trainer's DeepSpeed config unset, so
+`from_pretrained` never runs under ZeRO-3's `zero.Init`: the split module deep-copies tower blocks and the stage-1
+weights are copied in by state dict, both of which need whole (unpartitioned) tensors. DeepSpeed partitions the
+finished model when the Trainer wraps it (each rank holds the full model in host memory until then).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+from ..models import VitSplitLlavaForConditionalGeneration
+from ..vision import ViTSplitConfig, split_preset
+from .checkpoint import BASE_DIR, FINAL_DIR, load_stage1_weights, stage1_weights_path
+from .config import ModelConfig, StageConfig
+from .lora import merge_lora, part_module_names
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Prefix peft puts in front of every parameter name, and the segments it inserts around wrapped modules.
+_PEFT_PREFIX = "base_model.model."
+_PEFT_SEGMENTS = re.compile(r"\.(modules_to_save\.default|original_module)(?=\.|$)")
+
+
+@dataclass(frozen=True)
+class Components:
+    vision_tower: Path
+    language_model: Path
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in _DTYPES:
+        raise ValueError(f"model.dtype={name!r}; choose one of {', '.join(_DTYPES)}.")
+    return _DTYPES[name]
+
+
+def split_config(model_cfg: ModelConfig) -> ViTSplitConfig:
+    """The named preset with `split_options` applied (unknown option names fail with the valid ones)."""
+    options = {**split_preset(model_cfg.split).to_dict(), **model_cfg.split_options}
+    unknown = sorted(set(options) - set(ViTSplitConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"model.split_options: unknown option(s) {', '.join(unknown)}; known: {', '.join(ViTSplitConfig.__dataclass_fields__)}.")
+    return ViTSplitConfig(**options)
+
+
+def fresh_model(model_cfg: ModelConfig, components: Components) -> VitSplitLlavaForConditionalGeneration:
+    """Tower + LM from their checkpoints, new projector/heads; never under zero.Init (see module docstring)."""
+    unset_hf_deepspeed_config()  # an earlier stage's ZeRO-3 config must not turn loading into zero.Init
+    return VitSplitLlavaForConditionalGeneration.from_components(
+        components.vision_tower, components.language_model, split=split_config(model_cfg),
+        projector_type=model_cfg.projector_type, dtype=torch_dtype(model_cfg.dtype),
+    )
+
+
+def build_stage_model(
+    model_cfg: ModelConfig, components: Components, stage: StageConfig, init_from: Path | None
+) -> VitSplitLlavaForConditionalGeneration:
+    """The model a stage starts from, with exactly the configured parts trainable (before any LoRA wrapping)."""
+    model = fresh_model(model_cfg, components)
+    if init_from is not None:
+        keys = load_stage1_weights(model, init_from)
+        logger.info("loaded %d stage-1 tensors from %s", len(keys), stage1_weights_path(init_from))
+    model.set_trainable(stage.train_parts)
+    return model
+
+
+def load_stage_output(
+    model_cfg: ModelConfig, components: Components, stage: StageConfig, stage_dir: Path
+) -> VitSplitLlavaForConditionalGeneration:
+    """The trained model a finished stage left on disk, whichever form its output takes."""
+    if stage.lora.enabled:
+        return merge_lora(stage_dir / BASE_DIR, stage_dir / FINAL_DIR)
+    if "language_model" in stage.train_parts:
+        unset_hf_deepspeed_config()
+        return VitSplitLlavaForConditionalGeneration.from_pretrained(stage_dir / FINAL_DIR)
+    model = fresh_model(model_cfg, components)
+    load_stage1_weights(model, stage_dir)
+    return model
+
+
+def base_parameter_name(name: str) -> str:
+    """A parameter's name in the plain model, whether or not it sits inside a peft wrapper."""
+    return _PEFT_SEGMENTS.sub("", name.removeprefix(_PEFT_PREFIX))
+
+
+def parameter_parts(model: nn.Module) -> dict[str, str]:
+    """Trainable parameter name -> part; LoRA adapter weights count as language_model."""
+    prefixes = sorted(
+        ((name + ".", part) for part, names in part_module_names(_unwrap(model)).items() for name in names),
+        key=lambda item: -len(item[0]),
+    )
+    out = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        base = base_parameter_name(name)
+        out[name] = next((part for prefix, part in prefixes if base.startswith(prefix)), "language_model")
+    return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def learning_rates(stage: StageConfig) -> dict[str, float]:
+    """Per-part LR: the vision side may have its own (projector_lr), the task head a multiplier on it."""
+    vision = stage.projector_lr if stage.projector_lr is not None else stage.learning_rate
+    return {
+        "task_head": vision * stage.task_head_lr_mult,
+        "prior_head": vision,
+        "projector": vision,
+        "language_model": stage.learning_rate,
+    }
+
+
+def trainable_parameter_table(model: nn.Module) -> str:
+    """The model's per-part table (tower, task head, prior head, projector, LM). Under LoRA the LM's trainable
+    count is its adapters, and each fully trained module also counts its frozen original in the total."""
+    rows = [(r.part, r.trainable, r.total) for r in _unwrap(model).trainable_parameter_table()]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    lines = [f"{'part':<16}{'trainable':>14}{'total':>14}"]
+    lines += [f"{part:<16}{t:>14,}{n:>14,}" for part, t, n in rows]
+    lines.append(f"{'all':<16}{trainable:>14,}{total:>14,}  ({100 * trainable / max(total, 1):.2f}% trainable)")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""`scripts/train_vqa.py`: stage 1 (alignment) and/or stage 2 (instruction tuning), then held-out evaluation.
+
+    deepspeed scripts/train_vqa.py                                  # embedded default: configs/demo.yaml
+    python scripts/train_vqa.py --config configs/stage1_align.yaml --vision_tower DIR --language_model DIR
+    deepspeed --num_gpus 8 scripts/train_vqa.py --config configs/stage2_instruct.yaml stage2.init_from=DIR ...
+
+Positional `key=value` arguments override the YAML (`stage2.max_steps=100`, `stage1.learning_rate=1e-3`). With no
+`vision_tower`/`language_model`, tiny random checkpoints are built into the output dir; with no `train_json`, the
+built-in synthetic VQA set is generated there. Runs under `python` (1 rank), `deepspeed` and `torchrun`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..config import load_config, to_dict
+from . import distributed
+from .config import RunConfig, StageConfig, check_run_config, stages
+from .logs import setup_logging
+from .model_setup import Components
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="run config YAML (default: %(default)s)")
+    parser.add_argument("--vision_tower", help="vision tower checkpoint dir (overrides model.vision_tower)")
+    parser.add_argument("--language_model", help="LM + tokenizer checkpoint dir (overrides model.language_model)")
+    parser.add_argument("--output_dir", help="overrides output_dir")
+    parser.add_argument("--resume", action="store_true", help="resume every stage from its latest checkpoint")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stage2.max_steps=100")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.overrides)
+    for key in ("vision_tower", "language_model"):
+        if getattr(args, key):
+            overrides.append(f"model.{key}={getattr(args, key)}")
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    config = load_config(RunConfig, args.config, overrides)
+    if args.resume:
+        for name, _ in stages(config):
+            setattr(config, name, replace(getattr(config, name), resume=True))
+    check_run_config(config)
+    return config
+
+
+def resolve_components(config: RunConfig, output_dir: Path) -> Components:
+    """The configured checkpoints, or tiny random ones (built once by the main process) for what is missing."""
+    model = config.model
+    if model.vision_tower and model.language_model:
+        return Components(Path(model.vision_tower), Path(model.language_model))
+    from ..tiny import build_tiny_checkpoints
+
+    tiny_dir = output_dir / "tiny"
+    if distributed.is_main_process() and not (tiny_dir / "llama" / "config.json").is_file():
+        logger.info("building tiny '%s' checkpoints into %s", model.tiny_size, tiny_dir)
+        build_tiny_checkpoints(tiny_dir, size=model.tiny_size, seed=config.seed)
+    distributed.barrier()
+    return Components(
+        Path(model.vision_tower) if model.vision_tower else tiny_dir / model.tiny_tower,
+        Path(model.language_model) if model.language_model else tiny_dir / "llama",
+    )
+
+
+def prepare_synthetic(config: RunConfig, data_dir: Path) -> Path:
+    """Generate the synthetic VQA set once (main process); a set with the same settings is reused."""
+    from ..data.synthetic import generate
+
+    syn = config.synthetic
+    stats = data_dir / "stats.json"
+    wanted = {"num_train_images": syn.num_train, "num_val_images": syn.num_val, "image_size": syn.image_size, "seed": syn.seed}
+    if distributed.is_main_process():
+        existing = json.loads(stats.read_text()) if stats.is_file() else {}
+        if any(existing.get(k) != v for k, v in wanted.items()):
+            logger.info("generating the synthetic VQA set into %s", data_dir)
+            generate(data_dir, syn.num_train, syn.num_val, syn.image_size, syn.seed)
+    distributed.barrier()
+    return data_dir
+
+
+def _uses_synthetic(config: RunConfig) -> bool:
+    return any(not stage.data.train_json for _, stage in stages(config)) or bool(config.eval and not config.eval.val_json)
+
+
+def _stage_data(stage: StageConfig, data_dir: Path):
+    from .stage import StageData
+
+    if stage.data.train_json:
+        return StageData(Path(stage.data.train_json), Path(stage.data.image_folder))
+    return StageData(data_dir / stage.data.synthetic_file, data_dir / "images")
+
+
+def main(argv: list[str] | None = None) -> int:
+    start = time.time()
+    args = parse_args(argv)
+    config = build_config(args)
+    distributed.init_distributed(use_deepspeed=any(stage.deepspeed for _, stage in stages(config)))
+    from .stage import run_stage, stage_complete, trains_language_model  # after init: imports DeepSpeed
+
+    output_dir = Path(config.output_dir)
+    setup_logging(output_dir / "train.log" if distributed.is_main_process() else None)
+    logger.info("config %s:\n%s", args.config, yaml.safe_dump(to_dict(config), sort_keys=False))
+    components = resolve_components(config, output_dir)
+    logger.info("vision tower: %s\nlanguage model: %s", components.vision_tower, components.language_model)
+    data_dir = prepare_synthetic(config, output_dir / "data") if _uses_synthetic(config) else output_dir / "data"
+
+    init_from = None
+    for name, stage in stages(config):
+        stage_dir = output_dir / name
+        if stage.init_from:
+            init_from = Path(stage.init_from)
+        if stage.resume and stage_complete(stage, stage_dir):
+            logger.info("%s: already complete in %s, skipped (resume)", name, stage_dir)
+        else:
+            run_stage(name, stage, config.model, components, _stage_data(stage, data_dir), stage_dir, config.seed, init_from)
+        # A stage that leaves the LM alone hands its projector/heads on to the next one.
+        init_from = None if trains_language_model(stage) else stage_dir
+    if config.eval:
+        if distributed.is_main_process():
+            name, stage = stages(config)[-1]
+            _evaluate(config, components, data_dir, stage, output_dir / name)
+        distributed.barrier()
+    logger.info("done in %.0f s", time.time() - start)
+    return 0
+
+
+def _evaluate(config: RunConfig, components: Components, data_dir: Path, stage: StageConfig, stage_dir: Path) -> None:
+    """Score the last stage's model on held-out questions; with the synthetic set, against its chance accuracy."""
+    from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
+    from .evaluate import generate_answers, load_eval_records, score, synthetic_question_types
+    from .model_setup import load_stage_output
+
+    ev = config.eval
+    synthetic = not ev.val_json
+    val_json = data_dir / "val.json" if synthetic else Path(ev.val_json)
+    records = load_eval_records(val_json, data_dir / "images" if synthetic else Path(ev.image_folder), ev.limit)
+    model = load_stage_output(config.model, components, stage, stage_dir)
+    if torch.cuda.is_available():
+        model.cuda()
+    else:  # the other ranks wait at a barrier: use every core
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    processor = VitSplitLlavaProcessor.from_components(
+        components.vision_tower, components.language_model, pad_to_square=stage.data.pad_to_square
+    )
+    predictions = generate_answers(model, processor, records, stage.data.template, ev.batch_size, ev.max_new_tokens)
+    result = score(records, predictions, synthetic_question_types(data_dir) if synthetic else None)
+    summary = {"accuracy": result.accuracy, "num_questions": result.num_questions, "per_question_type": result.per_type}
+    line = f"held-out accuracy {result.accuracy:.1f}% on {result.num_questions} questions ({val_json})"
+    if synthetic:
+        chance = json.loads((data_dir / "stats.json").read_text())
+        summary["chance_accuracy"] = 100 * chance["chance_accuracy"]
+        summary["chance_per_question_type"] = {t: 100 * v["chance_accuracy"] for t, v in chance["question_types"].items()}
+        line += f"; chance (majority answer per question type) {summary['chance_accuracy']:.1f}%"
+        for qtype, acc in result.per_type.items():
+            line += f"\n  {qtype:<9} {acc:5.1f}%  (chance {summary['chance_per_question_type'][qtype]:.1f}%)"
+    out = stage_dir.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "predictions.json").write_text(json.dumps(result.predictions, indent=1) + "\n")
+    logger.info(line)

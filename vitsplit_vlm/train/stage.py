@@ -1,0 +1,146 @@
+"""One training stage end to end: model, data, Trainer, resume, and the stage's output.
+
+Outputs under `<output_dir>/<stage>/`:
+* LM frozen (stage 1): `non_lm_trainables.safetensors` -- only the trained projector/head weights, the hand-off to
+  stage 2 (`init_from`);
+* LM fully trained: `final/` -- the whole model in Hugging Face format (`from_pretrained`-loadable, with processor);
+* LoRA: `final/` -- the peft adapter (with the fully trained projector/heads as `modules_to_save`) and `base_model/`
+  -- the model it was trained on, so `scripts/merge_lora.py --model base_model --adapter final` needs nothing else;
+* always: `checkpoint-*` (Trainer/DeepSpeed states for resume), `runs/` (TensorBoard), `loss_curve.png`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..data.collator import LlavaCollator
+from ..data.llava_json import LlavaDataset
+from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
+from . import distributed
+from .checkpoint import BASE_DIR, FINAL_DIR, STAGE1_WEIGHTS, non_lm_trainable_state, save_safetensors_atomic
+from .config import ModelConfig, StageConfig
+from .logs import RunLogCallback
+from .lora import apply_lora
+from .model_setup import Components, build_stage_model, trainable_parameter_table
+from .trainer import VitSplitTrainer, training_arguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageData:
+    """Where a stage's records and images are, after the synthetic default has been filled in."""
+
+    train_json: Path
+    image_folder: Path
+
+
+@dataclass
+class StageResult:
+    name: str
+    output_dir: Path
+    log_history: list[dict]
+
+    @property
+    def stage1_weights(self) -> Path:
+        return self.output_dir / STAGE1_WEIGHTS
+
+    @property
+    def final_dir(self) -> Path:
+        return self.output_dir / FINAL_DIR
+
+
+def trains_language_model(stage: StageConfig) -> bool:
+    return stage.lora.enabled or "language_model" in stage.train_parts
+
+
+def stage_complete(stage: StageConfig, output_dir: Path) -> bool:
+    """Whether the stage's final output exists (a resumed run then skips the stage)."""
+    if not trains_language_model(stage):
+        return (output_dir / STAGE1_WEIGHTS).is_file()
+    final = output_dir / FINAL_DIR
+    return (final / "adapter_config.json").is_file() or (final / "config.json").is_file()
+
+
+class _ImageTransform:
+    """The processor's image path (RGB, optional pad-to-square, resize) in the call form LlavaDataset uses."""
+
+    def __init__(self, processor: VitSplitLlavaProcessor):
+        self.processor = processor
+
+    def __call__(self, images: Image.Image, return_tensors: str = "pt") -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.processor.preprocess_images([images])}
+
+
+def build_dataset(
+    stage: StageConfig, data: StageData, processor: VitSplitLlavaProcessor, num_image_tokens: int, cache_dir: Path
+) -> LlavaDataset:
+    return LlavaDataset(
+        data.train_json, data.image_folder, processor.tokenizer, _ImageTransform(processor),
+        num_image_tokens=num_image_tokens, template=stage.data.template, model_max_length=stage.data.model_max_length,
+        skip_bad_samples=stage.data.skip_bad_samples, cache_dir=cache_dir, num_proc=stage.data.num_proc,
+    )
+
+
+def run_stage(
+    name: str,
+    stage: StageConfig,
+    model_cfg: ModelConfig,
+    components: Components,
+    data: StageData,
+    output_dir: Path,
+    seed: int,
+    init_from: Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> StageResult:
+    """Train one stage and write its output (see module docstring); every rank calls this."""
+    logger.info("===== %s: training %s%s =====", name, ", ".join(stage.train_parts), " + LoRA" if stage.lora.enabled else "")
+    processor = VitSplitLlavaProcessor.from_components(
+        components.vision_tower, components.language_model, pad_to_square=stage.data.pad_to_square
+    )
+    model = build_stage_model(model_cfg, components, stage, init_from)
+    if stage.lora.enabled:
+        if distributed.is_main_process():  # what scripts/merge_lora.py merges the adapter into
+            model.save_pretrained(output_dir / BASE_DIR)
+            processor.save_pretrained(output_dir / BASE_DIR)
+        model = apply_lora(model, stage.lora, stage.train_parts)
+    logger.info("%s trainable parameters:\n%s", name, trainable_parameter_table(model))
+    args = training_arguments(stage, output_dir, seed)
+    with args.main_process_first(desc=f"{name} dataset"):  # rank 0 tokenises and caches, the others reuse it
+        dataset = build_dataset(stage, data, processor, model.num_image_tokens, output_dir.parent / "cache")
+    stats = dataset.stats
+    logger.info(
+        "%s data %s: %d records, %d used, %d skipped (bad), %d truncated to model_max_length=%d, %d text-only",
+        name, data.train_json, stats.total, len(dataset), stats.skipped, stats.truncated, stage.data.model_max_length,
+        stats.text_only,
+    )
+    trainer = VitSplitTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=LlavaCollator(processor.tokenizer),
+        processing_class=processor,
+        callbacks=[RunLogCallback(name), *callbacks], stage=stage,
+    )
+    resume = get_last_checkpoint(str(output_dir)) if stage.resume and output_dir.is_dir() else None
+    if stage.resume:
+        logger.info("%s: %s", name, f"resuming from {resume}" if resume else "no checkpoint to resume from, starting fresh")
+    trainer.train(resume_from_checkpoint=resume)
+    _save_output(trainer, stage, output_dir)
+    return StageResult(name, output_dir, trainer.state.log_history)
+
+
+def _save_output(trainer: VitSplitTrainer, stage: StageConfig, output_dir: Path) -> None:
+    if trains_language_model(stage):
+        trainer.save_model(str(output_dir / FINAL_DIR))  # HF format; gathered under ZeRO-3; adapter only for LoRA
+        logger.info("saved %s to %s", "LoRA adapter" if stage.lora.enabled else "model", output_dir / FINAL_DIR)
+    else:
+        state = non_lm_trainable_state(trainer.model)  # collective under ZeRO-3: every rank gathers
+        if distributed.is_main_process():
+            path = save_safetensors_atomic(state, output_dir / STAGE1_WEIGHTS, metadata={"format": "pt"})
+            logger.info("saved %d stage-1 tensors to %s", len(state), path)
+    distributed.barrier()
