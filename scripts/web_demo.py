@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import gradio as gr
@@ -40,9 +41,10 @@ def build_demo(chat_model: ChatModel) -> gr.Blocks:
         reply = ""
         user = {"role": "user", "content": question}
         yield "", [*session.messages, user, {"role": "assistant", "content": reply}], notice, session
-        for chunk in session.ask(question):
-            reply += chunk
-            yield "", [*session.messages, user, {"role": "assistant", "content": reply}], notice, session
+        with closing(session.ask(question)) as stream:  # a cancelled request stops generation at once
+            for chunk in stream:
+                reply += chunk
+                yield "", [*session.messages, user, {"role": "assistant", "content": reply}], notice, session
         yield "", session.messages, notice, session
 
     def clear() -> tuple[str, None, list[Message], str, None]:

@@ -160,9 +160,11 @@ def test_swapping_a_seen_image_starts_a_new_conversation(make_session, tmp_path)
     message = session.set_image(_image(tmp_path / "c.png", mode="RGBA"))
     assert message.endswith("Started a new conversation: the model sees one image per conversation.")
     assert session.messages == [] and session.image.mode == "RGB"
-    list(session.ask("and now?"))
+    list(session.ask("and now <image>?"))  # a typed placeholder is dropped: one image, one run of image tokens
+    list(session.ask("<image>"))
     image_id = session.chat_model.processor.image_token_id
     assert _generated_from(session)[0].count(image_id) == 4
+    assert [m["content"] for m in session.messages[::2]] == ["and now ?", ""]
 
 
 def test_bad_image_keeps_the_session(make_session, tmp_path):

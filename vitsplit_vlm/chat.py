@@ -2,9 +2,9 @@
 
 Why one module: ``scripts/chat.py`` and ``scripts/web_demo.py`` must agree on how a conversation is rendered (the
 template the model was trained with, tokenised by the checkpoint's processor with training's bos and image-token
-rules), where the image goes (in the first user turn that has it, as LLaVA does),
-when the history must go (a LLaVA-1.5-style model sees one image per conversation, so swapping the image starts a
-new one) and how tokens are streamed (``TextIteratorStreamer`` fed by ``generate`` in a worker thread).
+rules), where the image goes (in the first user turn that has it, as LLaVA does), when the history must go (a
+LLaVA-1.5-style model sees one image per conversation, so swapping the image starts a new one) and how tokens are
+streamed (``TextIteratorStreamer`` fed by ``generate`` in a worker thread).
 
 :class:`ChatModel` is the shared, stateless part (model, processor, template, sampling settings);
 :class:`ChatSession` is one conversation (history + image) on top of it.
@@ -15,6 +15,7 @@ import argparse
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,8 +208,7 @@ class ChatSession:
         standalone = self.chat_model.template == "plain"
         turns = [] if standalone else [dict(m) for m in self.messages]
         image_turn = None if standalone else self.image_turn
-        # A typed "<image>" would add a placeholder without pixels behind it.
-        turns.append({"role": "user", "content": text.replace(IMAGE_TOKEN, "").strip()})
+        turns.append({"role": "user", "content": text})
         if self.image is not None and image_turn is None:
             image_turn = len(turns) - 1
         if image_turn is not None:
@@ -217,11 +217,15 @@ class ChatSession:
 
     def ask(self, text: str) -> Iterator[str]:
         """Stream the reply to ``text``; the turn joins the history only once the reply is complete."""
+        text = text.replace(IMAGE_TOKEN, "").strip()  # a typed "<image>" would be a placeholder with no pixels
         turns, image_turn = self.prompt_messages(text)
         reply = []
-        for chunk in self.chat_model.stream(turns, self.image if image_turn is not None else None):
-            reply.append(chunk)
-            yield chunk
+        # closing(): closing this generator must close the model's stream now (which stops generate), not
+        # whenever the garbage collector gets to it.
+        with closing(self.chat_model.stream(turns, self.image if image_turn is not None else None)) as stream:
+            for chunk in stream:
+                reply.append(chunk)
+                yield chunk
         if image_turn is not None and self.chat_model.template != "plain":
             self.image_turn = image_turn
         self.messages += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(reply).strip()}]
