@@ -74,7 +74,7 @@ class _PairDataset(Dataset):
         image = Image.open(image_path).convert("RGB")
         target = self._load_target(target_path, image)  # validated against the image's original size
         if self.short_side:
-            image = _resize_short(image, self.short_side, Image.BILINEAR)
+            image = _resize_short(image, self.short_side)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         pixels = (pixels - self.mean) / self.std
         if not self.train:
@@ -206,10 +206,10 @@ def _check_same_size(path: Path, target: Image.Image, image: Image.Image) -> Non
         )
 
 
-def _resize_short(image: Image.Image, short: int, resample: int) -> Image.Image:
+def _resize_short(image: Image.Image, short: int) -> Image.Image:
     w, h = image.size
     scale = short / min(w, h)
-    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
 
 
 def build_datasets(cfg: DenseDataConfig, model: DenseModelConfig, output_dir: str | Path) -> tuple[Dataset, Dataset]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 
 from ..train.distributed import init_distributed
 from ..train.logs import RunLogCallback, setup_logging
-from ..vision import ViTSplit, ViTSplitConfig, load_tower
+from ..vision import ViTSplit, ViTSplitConfig, load_tower, split_preset
 from .data import DenseDataConfig, build_datasets
 from .inference import evaluate
 from .model import DenseModelConfig, DenseSplitModel, load_split_from_vlm
@@ -58,6 +58,7 @@ class DenseRunConfig:
     output_dir: str = "runs/dense"
     tower: str | None = None  # vision tower saved with save_pretrained; None: a tiny demo DINOv2 built in output_dir
     init_from_vlm: str | None = None  # a VLM checkpoint dir: use its split module (tower + trained heads)
+    split_preset: str | None = None  # a paper setting by name (e.g. dinov2-s, see vision/presets.py): replaces split
     split: ViTSplitConfig = field(default_factory=lambda: ViTSplitConfig(task_layers=2, prior_layers=[1, 3, 5]))
     model: DenseModelConfig = field(default_factory=DenseModelConfig)
     data: DenseDataConfig = field(default_factory=DenseDataConfig)
@@ -133,13 +134,16 @@ def build_split(cfg: DenseRunConfig) -> tuple[ViTSplit, Path]:
     if cfg.init_from_vlm:
         if cfg.tower:
             raise ValueError("Set either tower or init_from_vlm: the VLM checkpoint already holds its tower.")
+        if cfg.split_preset:
+            raise ValueError("Set either split_preset or init_from_vlm: the VLM checkpoint already holds its split.")
         return load_split_from_vlm(cfg.init_from_vlm), Path(cfg.init_from_vlm)
     tower_dir = Path(cfg.tower) if cfg.tower else None
     if tower_dir is None:
         from ..tiny import build_tiny_checkpoints
 
         tower_dir = build_tiny_checkpoints(Path(cfg.output_dir) / "tiny", size="demo", seed=cfg.train.seed)["dinov2"]
-    return ViTSplit(load_tower(tower_dir), cfg.split), tower_dir
+    split_config = split_preset(cfg.split_preset) if cfg.split_preset else cfg.split
+    return ViTSplit(load_tower(tower_dir), split_config), tower_dir
 
 
 def _check_deepspeed_stage(path: str | None) -> None:
@@ -150,27 +154,10 @@ def _check_deepspeed_stage(path: str | None) -> None:
         )
 
 
-def train(cfg: DenseRunConfig) -> dict:
-    """Train, save `<output_dir>/model`, evaluate on the validation set; returns the validation metrics."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.train.deepspeed:  # without DeepSpeed the Trainer (accelerate) sets up torchrun / accelerate launches
-        _check_deepspeed_stage(cfg.train.deepspeed)
-        init_distributed(use_deepspeed=True)
-    setup_logging(out / "train.log")
-    torch.manual_seed(cfg.train.seed)
-    split, source = build_split(cfg)
-    stats = _processor_stats(source)
-    if stats:
-        cfg.model.image_mean, cfg.model.image_std = stats
-    model = DenseSplitModel(split, cfg.model)
-    train_set, val_set = build_datasets(cfg.data, cfg.model, out)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("config: %s", json.dumps(asdict(cfg)))
-    logger.info("split from %s; trainable parameters: %d; train/val images: %d/%d", source, trainable, len(train_set), len(val_set))
+def training_arguments(cfg: DenseRunConfig) -> TrainingArguments:
     t = cfg.train
-    args = TrainingArguments(
-        output_dir=str(out),
+    return TrainingArguments(
+        output_dir=cfg.output_dir,
         deepspeed=t.deepspeed,
         use_cpu=not torch.cuda.is_available(),  # on CPU the Trainer otherwise disagrees with DeepSpeed on world size
         bf16=t.bf16,
@@ -190,16 +177,46 @@ def train(cfg: DenseRunConfig) -> dict:
         data_seed=t.seed,
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # every trainable parameter is used in every step
         report_to=t.report_to,
     )
+
+
+def train(cfg: DenseRunConfig) -> dict:
+    """Train, save `<output_dir>/model`, evaluate on the validation set; returns the validation metrics.
+
+    Under several ranks, only rank 0 writes the tiny tower, the synthetic set, logs, the model and the metrics
+    (other ranks wait for the files, and return {}).
+    """
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.deepspeed:  # without DeepSpeed the Trainer (accelerate) sets up torchrun / accelerate launches
+        _check_deepspeed_stage(cfg.train.deepspeed)
+        init_distributed(use_deepspeed=True)
+    args = training_arguments(cfg)
+    main = args.process_index == 0
+    setup_logging(out / "train.log" if main else None)
+    torch.manual_seed(cfg.train.seed)
+    with args.main_process_first(desc="tower and data files"):
+        split, source = build_split(cfg)
+        stats = _processor_stats(source)
+        if stats:
+            cfg.model.image_mean, cfg.model.image_std = stats
+        train_set, val_set = build_datasets(cfg.data, cfg.model, out)
+    model = DenseSplitModel(split, cfg.model)
+    if main:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info("config: %s", json.dumps(asdict(cfg)))
+        logger.info("split from %s; trainable parameters: %d; train/val images: %d/%d",
+                    source, trainable, len(train_set), len(val_set))
     trainer = DenseTrainer(
         model=model, args=args, train_dataset=train_set, data_collator=default_data_collator,
-        callbacks=[RunLogCallback(f"dense-{cfg.model.task}")], task_head_lr_mult=t.task_head_lr_mult,
+        callbacks=[RunLogCallback(f"dense-{cfg.model.task}")], task_head_lr_mult=cfg.train.task_head_lr_mult,
     )
     trainer.train()
-    logger.info("trained as %s", type(trainer.model_wrapped).__name__)  # DeepSpeedEngine under --deepspeed
-    if not trainer.is_world_process_zero():
+    if not main:
         return {}
+    logger.info("trained as %s", type(trainer.model_wrapped).__name__)  # DeepSpeedEngine under --deepspeed
     model.save_pretrained(out / "model")
     metrics = evaluate(model, val_set, cfg.eval.crop_size, cfg.eval.stride, progress=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
