@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from vitsplit_vlm.chat import COMMANDS_HELP, ChatSession, add_model_args, chat_model_from_args
+from vitsplit_vlm.chat import COMMANDS_HELP, EMPTY_REPLY, ChatSession, add_model_args, chat_model_from_args
 
 with contextlib.suppress(ImportError):  # line editing and history where the platform has it
     import readline  # noqa: F401
@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         elif line:
             print("ASSISTANT> ", end="", flush=True)
             try:
+                replied = False
                 for chunk in session.ask(line):
                     print(chunk, end="", flush=True)
+                    replied = True
+                if not replied:
+                    print(EMPTY_REPLY, end="")
             except KeyboardInterrupt:
                 print(" [stopped; this turn is not kept]", end="")
             print(flush=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from vitsplit_vlm.chat import ChatModel, ChatSession, add_model_args, chat_model_from_args
+from vitsplit_vlm.chat import EMPTY_REPLY, ChatModel, ChatSession, add_model_args, chat_model_from_args
 from vitsplit_vlm.conversation import Message
 
 # System fonts only: the default theme fetches Google Fonts, which hangs pages on offline machines.
@@ -38,14 +38,19 @@ def build_demo(chat_model: ChatModel) -> gr.Blocks:
         if not question:
             yield "", session.messages, notice, session
             return
+        history = list(session.messages)
+
+        def view(reply: str) -> list[Message]:
+            return [*history, {"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+
         reply = ""
-        user = {"role": "user", "content": question}
-        yield "", [*session.messages, user, {"role": "assistant", "content": reply}], notice, session
+        yield "", view(reply), notice, session
         with closing(session.ask(question)) as stream:  # a cancelled request stops generation at once
             for chunk in stream:
                 reply += chunk
-                yield "", [*session.messages, user, {"role": "assistant", "content": reply}], notice, session
-        yield "", session.messages, notice, session
+                yield "", view(reply), notice, session
+        if not reply:
+            yield "", view(EMPTY_REPLY), notice, session
 
     def clear() -> tuple[str, None, list[Message], str, None]:
         return "", None, [], "", None

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
-from vitsplit_vlm.chat import ChatModel, ChatSession, GenerationSettings
+from vitsplit_vlm.chat import EMPTY_REPLY, ChatModel, ChatSession, GenerationSettings
 from vitsplit_vlm.conversation import encode_prompt, expand_image_tokens
 from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
 from vitsplit_vlm.vision import split_preset
@@ -282,21 +282,24 @@ class Terminal:
             os.close(self.fd)
 
 
+def _assert_replies(terminal: Terminal, question: str) -> None:
+    terminal.send(question)
+    terminal.expect("ASSISTANT> ")
+    reply = terminal.expect("\nUSER> ").removesuffix("\nUSER> ")
+    assert reply.strip() and EMPTY_REPLY not in reply, terminal.output
+
+
 def test_terminal_chat_commands_and_bad_images(tiny_vlm_dir, tmp_path):
     Image.new("RGBA", (50, 70), (0, 0, 255, 255)).save(tmp_path / "good.png")
     terminal = Terminal([sys.executable, str(REPO / "scripts/chat.py"), "--model", str(tiny_vlm_dir), "--max-new-tokens", "5"], tmp_path)
     try:
         assert "(template vicuna_v1). Commands: /image PATH, /reset, /quit." in terminal.expect("USER> ", timeout=60)
-        terminal.send("what is there?")
-        terminal.expect("ASSISTANT> ")
-        assert terminal.expect("USER> ").strip()  # a reply, then the next prompt
+        _assert_replies(terminal, "what is there?")
         terminal.send("/image missing.png")
         assert "Could not open image missing.png: No such file or directory. Still using no image." in terminal.expect("USER> ")
         terminal.send("/image good.png")
         assert "Loaded image good.png (50x70)." in terminal.expect("USER> ")
-        terminal.send("what colour is it?")
-        terminal.expect("ASSISTANT> ")
-        assert terminal.expect("USER> ").strip()
+        _assert_replies(terminal, "what colour is it?")
         terminal.send("/image 'good.png'")
         assert "Started a new conversation: the model sees one image per conversation." in terminal.expect("USER> ")
         terminal.send("/reset")

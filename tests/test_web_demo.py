@@ -25,6 +25,8 @@ import pytest
 from PIL import Image
 from test_chat_cli import tiny_vlm_dir  # noqa: F401 -- the fixture (a saved random tiny VLM)
 
+from vitsplit_vlm.chat import EMPTY_REPLY
+
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [  # gradio is only looked up: the server runs it in its own process
     pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="gradio is not installed: pip install -e '.[demo]'"),
@@ -147,7 +149,7 @@ def test_upload_ask_see_the_answer_and_clear(tiny_vlm_dir, tmp_path):
         browser.click("#send")
         last_bot = "const m = document.querySelectorAll('#chatbot [data-testid=\"bot\"]'); return m.length ? m[m.length - 1].innerText.trim() : '';"
         answer = _poll("a non-empty answer", lambda: browser.script(last_bot), 30, lambda: server_log.read_text()[-3000:])
-        assert answer
+        assert answer != EMPTY_REPLY
         assert "What colour is the picture?" in browser.script("return document.querySelector('#chatbot').innerText;")
         assert browser.script("return document.querySelector('#notice').innerText.trim();") == "Loaded image red.png (64x48)."
         shot = tmp_path / "web_demo.png"

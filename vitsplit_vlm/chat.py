@@ -30,6 +30,7 @@ from .models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcesso
 DEFAULT_TEMPLATE = "vicuna_v1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMMANDS_HELP = "Commands: /image PATH, /reset, /quit."
+EMPTY_REPLY = "[empty reply: the model ended its turn at once]"  # shown instead of a blank answer
 
 
 @dataclass(frozen=True)
