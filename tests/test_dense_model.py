@@ -102,6 +102,27 @@ def test_save_and_load_round_trip(tiny_ckpts, tmp_path):
     assert not any(p.requires_grad for p in loaded.split.tower.parameters())
 
 
+def test_sharded_checkpoint_loads_like_a_single_file(tiny_ckpts, tmp_path):
+    """A 7B VLM is saved in shards: the reader follows model.safetensors.index.json."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = _model(tiny_ckpts, num_classes=3).eval()
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, names in shards.items():
+        save_file({k: state[k] for k in names}, tmp_path / name)
+    weight_map = {k: name for name, names in shards.items() for k in names}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    x = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(DenseSplitModel.from_pretrained(tmp_path)(x).logits, model(x).logits)
+
+
 def test_window_starts_cover_the_border():
     assert _window_starts(53, 16, 10) == [0, 10, 20, 30, 37]
     assert _window_starts(16, 16, 10) == [0] and _window_starts(9, 16, 10) == [0]
