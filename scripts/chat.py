@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(parser)
     parser.add_argument("--image", help="image to start with")
     args = parser.parse_args(argv)
-    chat_model = chat_model_from_args(args)
+    chat_model = chat_model_from_args(parser, args)
     session = ChatSession(chat_model)
     print(f"Loaded {args.model} (template {chat_model.template}). {COMMANDS_HELP}", flush=True)
     if args.image:

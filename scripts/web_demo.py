@@ -12,7 +12,10 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
-import gradio as gr
+try:
+    import gradio as gr
+except ImportError as exc:  # an optional extra: say how to get it
+    raise SystemExit(f"scripts/web_demo.py needs gradio ({exc}): pip install -e '.[demo]'") from exc
 
 from vitsplit_vlm.chat import EMPTY_REPLY, ChatModel, ChatSession, add_model_args, chat_model_from_args
 from vitsplit_vlm.conversation import Message
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     args = parser.parse_args(argv)
-    demo = build_demo(chat_model_from_args(args))
+    demo = build_demo(chat_model_from_args(parser, args))
     demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME)
 
 

@@ -243,6 +243,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=GenerationSettings.top_p)
 
 
-def chat_model_from_args(args: argparse.Namespace) -> ChatModel:
-    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p)
-    return ChatModel.load(args.model, template=args.template, device=args.device, dtype=args.dtype, settings=settings)
+def chat_model_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ChatModel:
+    """Load what the flags name; a bad flag or checkpoint dir is a usage error (message + exit 2), not a traceback."""
+    try:
+        settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p)
+        return ChatModel.load(args.model, template=args.template, device=args.device, dtype=args.dtype, settings=settings)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
