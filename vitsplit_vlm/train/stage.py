@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.collator import LlavaCollator
@@ -105,6 +105,7 @@ def run_stage(
     processor = VitSplitLlavaProcessor.from_components(
         components.vision_tower, components.language_model, pad_to_square=stage.data.pad_to_square
     )
+    set_seed(seed)  # the new projector/heads start from the same weights in every run with this seed
     model = build_stage_model(model_cfg, components, stage, init_from)
     if stage.lora.enabled:
         if distributed.is_main_process():  # what scripts/merge_lora.py merges the adapter into
@@ -113,6 +114,7 @@ def run_stage(
         model = apply_lora(model, stage.lora, stage.train_parts)
     logger.info("%s trainable parameters:\n%s", name, trainable_parameter_table(model))
     args = training_arguments(stage, output_dir, seed)
+    logger.info("%s: %d process(es), %s", name, args.world_size, f"DeepSpeed {stage.deepspeed}" if stage.deepspeed else "no DeepSpeed")
     with args.main_process_first(desc=f"{name} dataset"):  # rank 0 tokenises and caches, the others reuse it
         dataset = build_dataset(stage, data, processor, model.num_image_tokens, output_dir.parent / "cache")
     stats = dataset.stats
