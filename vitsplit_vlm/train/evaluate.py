@@ -8,6 +8,8 @@ when the synthetic set's VQAv2 annotations are available.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,12 @@ from tqdm import tqdm
 from ..conversation import Message, Template
 from ..data.llava_json import record_messages
 from ..metrics.vqa import exact_match
+from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
+from .config import RunConfig, StageConfig
+from .model_setup import Components
+from .stage import load_stage_output
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,3 +98,37 @@ def synthetic_question_types(data_dir: Path) -> dict[str, str]:
     """Record id -> question type, from the synthetic set's VQAv2-style annotations."""
     annotations = json.loads((data_dir / "vqav2" / "annotations.json").read_text())["annotations"]
     return {str(a["question_id"]): a["question_type"] for a in annotations}
+
+
+def evaluate_stage(config: RunConfig, components: Components, data_dir: Path, stage: StageConfig, stage_dir: Path) -> dict:
+    """Score a finished stage's model on held-out questions (with the synthetic set: against its chance accuracy);
+    writes `<output_dir>/eval/{summary,predictions}.json` and returns the summary. Main process only."""
+    ev = config.eval
+    synthetic = not ev.val_json
+    val_json = data_dir / "val.json" if synthetic else Path(ev.val_json)
+    records = load_eval_records(val_json, data_dir / "images" if synthetic else Path(ev.image_folder), ev.limit)
+    model = load_stage_output(config.model, components, stage, stage_dir)
+    if torch.cuda.is_available():
+        model.cuda()
+    else:  # the other ranks wait at a barrier: use every core
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    processor = VitSplitLlavaProcessor.from_components(
+        components.vision_tower, components.language_model, pad_to_square=stage.data.pad_to_square
+    )
+    predictions = generate_answers(model, processor, records, stage.data.template, ev.batch_size, ev.max_new_tokens)
+    result = score(records, predictions, synthetic_question_types(data_dir) if synthetic else None)
+    summary = {"accuracy": result.accuracy, "num_questions": result.num_questions, "per_question_type": result.per_type}
+    line = f"held-out accuracy {result.accuracy:.1f}% on {result.num_questions} questions ({val_json})"
+    if synthetic:
+        chance = json.loads((data_dir / "stats.json").read_text())
+        summary["chance_accuracy"] = 100 * chance["chance_accuracy"]
+        summary["chance_per_question_type"] = {t: 100 * v["chance_accuracy"] for t, v in chance["question_types"].items()}
+        line += f"; chance (majority answer per question type) {summary['chance_accuracy']:.1f}%"
+        for qtype, acc in result.per_type.items():
+            line += f"\n  {qtype:<9} {acc:5.1f}%  (chance {summary['chance_per_question_type'][qtype]:.1f}%)"
+    out = stage_dir.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "predictions.json").write_text(json.dumps(result.predictions, indent=1) + "\n")
+    logger.info(line)
+    return summary

@@ -1,4 +1,4 @@
-"""Model building per stage: components -> VLM, stage-1 weights in, parts (un)frozen; per-part LRs; stage outputs.
+"""Model building per stage: components -> VLM, stage-1 weights in, parts (un)frozen; per-part LRs.
 
 The model is built before the stage's `TrainingArguments` exist, with the Trainer's DeepSpeed config unset, so
 `from_pretrained` never runs under ZeRO-3's `zero.Init`: the split module deep-copies tower blocks and the stage-1
@@ -18,9 +18,9 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..models import VitSplitLlavaForConditionalGeneration
 from ..vision import ViTSplitConfig, split_preset
-from .checkpoint import BASE_DIR, FINAL_DIR, load_stage1_weights, stage1_weights_path
+from .checkpoint import load_stage1_weights, stage1_weights_path
 from .config import ModelConfig, StageConfig
-from .lora import merge_lora, part_module_names
+from .lora import part_module_names
 
 logger = logging.getLogger(__name__)
 
@@ -69,20 +69,6 @@ def build_stage_model(
         keys = load_stage1_weights(model, init_from)
         logger.info("loaded %d stage-1 tensors from %s", len(keys), stage1_weights_path(init_from))
     model.set_trainable(stage.train_parts)
-    return model
-
-
-def load_stage_output(
-    model_cfg: ModelConfig, components: Components, stage: StageConfig, stage_dir: Path
-) -> VitSplitLlavaForConditionalGeneration:
-    """The trained model a finished stage left on disk, whichever form its output takes."""
-    if stage.lora.enabled:
-        return merge_lora(stage_dir / BASE_DIR, stage_dir / FINAL_DIR)
-    if "language_model" in stage.train_parts:
-        unset_hf_deepspeed_config()
-        return VitSplitLlavaForConditionalGeneration.from_pretrained(stage_dir / FINAL_DIR)
-    model = fresh_model(model_cfg, components)
-    load_stage1_weights(model, stage_dir)
     return model
 
 

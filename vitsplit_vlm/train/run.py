@@ -13,19 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 import yaml
 
 from ..config import load_config, to_dict
 from . import distributed
 from .config import RunConfig, StageConfig, check_run_config, stages
+from .evaluate import evaluate_stage
 from .logs import setup_logging
 from .model_setup import Components
+from .stage import StageData, run_stage, stage_complete, trains_language_model
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,7 @@ def _uses_synthetic(config: RunConfig) -> bool:
     return any(not stage.data.train_json for _, stage in stages(config)) or bool(config.eval and not config.eval.val_json)
 
 
-def _stage_data(stage: StageConfig, data_dir: Path):
-    from .stage import StageData
-
+def _stage_data(stage: StageConfig, data_dir: Path) -> StageData:
     if stage.data.train_json:
         return StageData(Path(stage.data.train_json), Path(stage.data.image_folder))
     return StageData(data_dir / stage.data.synthetic_file, data_dir / "images")
@@ -110,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = build_config(args)
     distributed.init_distributed(use_deepspeed=any(stage.deepspeed for _, stage in stages(config)))
-    from .stage import run_stage, stage_complete, trains_language_model  # after init: imports DeepSpeed
 
     output_dir = Path(config.output_dir)
     setup_logging(output_dir / "train.log" if distributed.is_main_process() else None)
@@ -133,43 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.eval:
         if distributed.is_main_process():
             name, stage = stages(config)[-1]
-            _evaluate(config, components, data_dir, stage, output_dir / name)
+            evaluate_stage(config, components, data_dir, stage, output_dir / name)
         distributed.barrier()
     logger.info("done in %.0f s", time.time() - start)
     return 0
-
-
-def _evaluate(config: RunConfig, components: Components, data_dir: Path, stage: StageConfig, stage_dir: Path) -> None:
-    """Score the last stage's model on held-out questions; with the synthetic set, against its chance accuracy."""
-    from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
-    from .evaluate import generate_answers, load_eval_records, score, synthetic_question_types
-    from .model_setup import load_stage_output
-
-    ev = config.eval
-    synthetic = not ev.val_json
-    val_json = data_dir / "val.json" if synthetic else Path(ev.val_json)
-    records = load_eval_records(val_json, data_dir / "images" if synthetic else Path(ev.image_folder), ev.limit)
-    model = load_stage_output(config.model, components, stage, stage_dir)
-    if torch.cuda.is_available():
-        model.cuda()
-    else:  # the other ranks wait at a barrier: use every core
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
-    processor = VitSplitLlavaProcessor.from_components(
-        components.vision_tower, components.language_model, pad_to_square=stage.data.pad_to_square
-    )
-    predictions = generate_answers(model, processor, records, stage.data.template, ev.batch_size, ev.max_new_tokens)
-    result = score(records, predictions, synthetic_question_types(data_dir) if synthetic else None)
-    summary = {"accuracy": result.accuracy, "num_questions": result.num_questions, "per_question_type": result.per_type}
-    line = f"held-out accuracy {result.accuracy:.1f}% on {result.num_questions} questions ({val_json})"
-    if synthetic:
-        chance = json.loads((data_dir / "stats.json").read_text())
-        summary["chance_accuracy"] = 100 * chance["chance_accuracy"]
-        summary["chance_per_question_type"] = {t: 100 * v["chance_accuracy"] for t, v in chance["question_types"].items()}
-        line += f"; chance (majority answer per question type) {summary['chance_accuracy']:.1f}%"
-        for qtype, acc in result.per_type.items():
-            line += f"\n  {qtype:<9} {acc:5.1f}%  (chance {summary['chance_per_question_type'][qtype]:.1f}%)"
-    out = stage_dir.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (out / "predictions.json").write_text(json.dumps(result.predictions, indent=1) + "\n")
-    logger.info(line)

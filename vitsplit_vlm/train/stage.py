@@ -18,17 +18,26 @@ from pathlib import Path
 import torch
 from PIL import Image
 from transformers import TrainerCallback, set_seed
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.collator import LlavaCollator
 from ..data.llava_json import LlavaDataset
+from ..models import VitSplitLlavaForConditionalGeneration
 from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
 from . import distributed
-from .checkpoint import BASE_DIR, FINAL_DIR, STAGE1_WEIGHTS, non_lm_trainable_state, save_safetensors_atomic
+from .checkpoint import (
+    BASE_DIR,
+    FINAL_DIR,
+    STAGE1_WEIGHTS,
+    load_stage1_weights,
+    non_lm_trainable_state,
+    save_safetensors_atomic,
+)
 from .config import ModelConfig, StageConfig
 from .logs import RunLogCallback
-from .lora import apply_lora
-from .model_setup import Components, build_stage_model, trainable_parameter_table
+from .lora import apply_lora, merge_lora
+from .model_setup import Components, build_stage_model, fresh_model, trainable_parameter_table
 from .trainer import VitSplitTrainer, training_arguments
 
 logger = logging.getLogger(__name__)
@@ -67,6 +76,20 @@ def stage_complete(stage: StageConfig, output_dir: Path) -> bool:
         return (output_dir / STAGE1_WEIGHTS).is_file()
     final = output_dir / FINAL_DIR
     return (final / "adapter_config.json").is_file() or (final / "config.json").is_file()
+
+
+def load_stage_output(
+    model_cfg: ModelConfig, components: Components, stage: StageConfig, stage_dir: Path
+) -> VitSplitLlavaForConditionalGeneration:
+    """The trained model a finished stage left on disk, whichever form its output takes."""
+    if stage.lora.enabled:
+        return merge_lora(stage_dir / BASE_DIR, stage_dir / FINAL_DIR)
+    if trains_language_model(stage):
+        unset_hf_deepspeed_config()
+        return VitSplitLlavaForConditionalGeneration.from_pretrained(stage_dir / FINAL_DIR)
+    model = fresh_model(model_cfg, components)
+    load_stage1_weights(model, stage_dir)
+    return model
 
 
 class _ImageTransform:
