@@ -23,7 +23,8 @@ def _config(out: Path, stage2_zero: str) -> Path:
         "stage1": {**stage, "train_parts": ["projector", "prior_head"], "deepspeed": str(DEEPSPEED / "zero2.json"),
                    "data": {"synthetic_file": "stage1.json", "template": "plain"}},
         "stage2": {**stage, "train_parts": ["task_head", "prior_head", "projector", "language_model"],
-                   "require_init": True, "deepspeed": str(DEEPSPEED / stage2_zero)},
+                   "require_init": True, "deepspeed": str(DEEPSPEED / stage2_zero),
+                   "data": {"synthetic_file": ["train.json", "stage1.json"]}},  # two files, one mixed set
         "eval": {"max_new_tokens": 3, "batch_size": 4, "limit": 6},
     }
     path = out.parent / f"{out.name}.yaml"
@@ -51,6 +52,7 @@ def _check_outputs(out: Path) -> str:
         assert f"[{stage}] step 3: " in log  # per-step losses in the log file
         assert (out / stage / "loss_curve.png").stat().st_size > 1000
         assert list((out / stage / "runs").rglob("events.out.tfevents.*"))  # TensorBoard
+    assert "stage2.json" not in log and "/stage1.json: 33 records, 33 used, 0 skipped (bad), 0 truncated" in log
     assert "0 skipped (bad), 0 truncated to model_max_length=2048" in log
     assert (out / "stage1" / "non_lm_trainables.safetensors").is_file()
     summary = json.loads((out / "eval" / "summary.json").read_text())

@@ -59,6 +59,7 @@ def test_recipe_configs_match_the_paper(tmp_path):
         (["stage1.deepspeed=configs/deepspeed/zero9.json"], r"^stage1\.deepspeed: DeepSpeed config configs/deepspeed/zero9\.json does not exist\.$"),
         (["stage2.data.train_json=x.json"], r"^stage2\.data\.image_folder: required with train_json"),
         (["stage1=null", "stage2=null"], r"^the config defines no stage"),
+        (["model.dtype=bfloat16", "stage2.deepspeed=null"], r"^model\.dtype=bfloat16 without DeepSpeed would train stage2 in pure bfloat16"),
     ],
 )
 def test_bad_configs_fail_before_anything_is_built(overrides, message):

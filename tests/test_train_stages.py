@@ -61,7 +61,7 @@ def _stage(**overrides) -> StageConfig:
 def _run(name, stage, components, data, out, data_file="train", init_from=None, callbacks=()):
     from vitsplit_vlm.train.stage import StageData, run_stage
 
-    return run_stage(name, stage, ModelConfig(), components, StageData(data[data_file], data["images"]), out,
+    return run_stage(name, stage, ModelConfig(), components, StageData([data[data_file]], data["images"]), out,
                      seed=0, init_from=init_from, callbacks=callbacks)
 
 

@@ -33,9 +33,10 @@ class ModelConfig:
 class DataConfig:
     """LLaVA conversation JSON + image folder. With `train_json` unset, the run's synthetic set is used."""
 
-    train_json: str | None = None
-    image_folder: str | None = None
-    synthetic_file: str = "train.json"  # without train_json: this file of the synthetic set (stage1.json = captions)
+    train_json: str | list[str] | None = None  # several files are trained on as one mixed set
+    image_folder: str | None = None  # the image paths of every train_json file are relative to it
+    # Without train_json: these files of the synthetic set (train.json: VQA turns, stage1.json: captions).
+    synthetic_file: str | list[str] = "train.json"
     template: str = "vicuna_v1"
     model_max_length: int = 2048
     skip_bad_samples: bool = False
@@ -140,6 +141,11 @@ def check_run_config(config: RunConfig) -> None:
         raise ConfigError(f"model.tiny_tower={config.model.tiny_tower!r}; choose one of {', '.join(TINY_TOWERS)}.")
     for name, stage in stages(config):
         _check_stage(name, stage)
+        if config.model.dtype != "float32" and not stage.deepspeed:
+            raise ConfigError(
+                f"model.dtype={config.model.dtype} without DeepSpeed would train {name} in pure {config.model.dtype} "
+                "(no float32 master weights): set a DeepSpeed config (it keeps them) or model.dtype=float32 with bf16: true."
+            )
     if config.stage2 and config.stage2.require_init and not config.stage2.init_from and not config.stage1:
         raise ConfigError(
             "stage2 needs stage-1 weights (require_init: true): set stage2.init_from=<stage-1 output dir or its "

@@ -97,10 +97,14 @@ def _uses_synthetic(config: RunConfig) -> bool:
     return any(not stage.data.train_json for _, stage in stages(config)) or bool(config.eval and not config.eval.val_json)
 
 
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
 def _stage_data(stage: StageConfig, data_dir: Path) -> StageData:
     if stage.data.train_json:
-        return StageData(Path(stage.data.train_json), Path(stage.data.image_folder))
-    return StageData(data_dir / stage.data.synthetic_file, data_dir / "images")
+        return StageData([Path(f) for f in _as_list(stage.data.train_json)], Path(stage.data.image_folder))
+    return StageData([data_dir / f for f in _as_list(stage.data.synthetic_file)], data_dir / "images")
 
 
 def main(argv: list[str] | None = None) -> int:

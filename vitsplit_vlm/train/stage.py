@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch.utils.data import ConcatDataset
 from transformers import TrainerCallback, set_seed
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.collator import LlavaCollator
-from ..data.llava_json import LlavaDataset
+from ..data.llava_json import DataStats, LlavaDataset
 from ..models import VitSplitLlavaForConditionalGeneration
 from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
 from . import distributed
@@ -47,8 +48,28 @@ logger = logging.getLogger(__name__)
 class StageData:
     """Where a stage's records and images are, after the synthetic default has been filled in."""
 
-    train_json: Path
+    train_files: list[Path]  # LLaVA JSON files trained on together (image paths relative to image_folder)
     image_folder: Path
+
+
+class MixedDataset(ConcatDataset):
+    """Several LLaVA JSON files as one training set, as LLaVA's 665K mix is several sources, without merging files."""
+
+    def __init__(self, parts: list[LlavaDataset]):
+        super().__init__(parts)
+        self.parts = parts
+
+    @property
+    def stats(self) -> DataStats:
+        return DataStats(
+            total=sum(p.stats.total for p in self.parts), skipped=sum(p.stats.skipped for p in self.parts),
+            truncated=sum(p.stats.truncated for p in self.parts), text_only=sum(p.stats.text_only for p in self.parts),
+            skipped_records=[r for p in self.parts for r in p.stats.skipped_records],
+        )
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        return [n for p in self.parts for n in p.modality_lengths]
 
 
 @dataclass
@@ -104,12 +125,15 @@ class _ImageTransform:
 
 def build_dataset(
     stage: StageConfig, data: StageData, processor: VitSplitLlavaProcessor, num_image_tokens: int, cache_dir: Path
-) -> LlavaDataset:
-    return LlavaDataset(
-        data.train_json, data.image_folder, processor.tokenizer, _ImageTransform(processor),
-        num_image_tokens=num_image_tokens, template=stage.data.template, model_max_length=stage.data.model_max_length,
-        skip_bad_samples=stage.data.skip_bad_samples, cache_dir=cache_dir, num_proc=stage.data.num_proc,
-    )
+) -> MixedDataset:
+    return MixedDataset([
+        LlavaDataset(
+            path, data.image_folder, processor.tokenizer, _ImageTransform(processor), num_image_tokens=num_image_tokens,
+            template=stage.data.template, model_max_length=stage.data.model_max_length,
+            skip_bad_samples=stage.data.skip_bad_samples, cache_dir=cache_dir, num_proc=stage.data.num_proc,
+        )
+        for path in data.train_files
+    ])
 
 
 def run_stage(
@@ -143,7 +167,7 @@ def run_stage(
     stats = dataset.stats
     logger.info(
         "%s data %s: %d records, %d used, %d skipped (bad), %d truncated to model_max_length=%d, %d text-only",
-        name, data.train_json, stats.total, len(dataset), stats.skipped, stats.truncated, stage.data.model_max_length,
+        name, ", ".join(map(str, data.train_files)), stats.total, len(dataset), stats.skipped, stats.truncated, stage.data.model_max_length,
         stats.text_only,
     )
     trainer = VitSplitTrainer(
