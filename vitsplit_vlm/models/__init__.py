@@ -8,6 +8,7 @@ from .modeling_vitsplit_llava import (
 )
 from .processing_vitsplit_llava import VitSplitLlavaProcessor, expand_to_square, to_rgb
 from .projector import build_projector
+from .tokenizer import prepare_tokenizer
 
 AutoConfig.register(VitSplitLlavaConfig.model_type, VitSplitLlavaConfig, exist_ok=True)
 AutoModelForImageTextToText.register(VitSplitLlavaConfig, VitSplitLlavaForConditionalGeneration, exist_ok=True)
@@ -15,5 +16,5 @@ AutoProcessor.register(VitSplitLlavaConfig, VitSplitLlavaProcessor, exist_ok=Tru
 
 __all__ = [
     "IMAGE_TOKEN", "TRAINABLE_PARTS", "PartCount", "VitSplitLlavaConfig", "VitSplitLlavaForConditionalGeneration",
-    "VitSplitLlavaProcessor", "build_projector", "expand_to_square", "to_rgb",
+    "VitSplitLlavaProcessor", "build_projector", "expand_to_square", "prepare_tokenizer", "to_rgb",
 ]

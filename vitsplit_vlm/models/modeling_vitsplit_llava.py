@@ -24,6 +24,7 @@ from ..conversation import IMAGE_TOKEN
 from ..vision import ViTSplit, ViTSplitConfig, build_tower, load_tower
 from .configuration_vitsplit_llava import VitSplitLlavaConfig
 from .projector import build_projector
+from .tokenizer import prepare_tokenizer, token_id
 
 # Parts the trainer can (un)freeze per stage. The vision tower is not one of them: it always stays frozen.
 TRAINABLE_PARTS = ("task_head", "prior_head", "projector", "language_model")
@@ -68,7 +69,11 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
         Tower and LM weights are copied in by state dict and the task head re-copied from the tower, so the result
         does not depend on how `__init__` initialised them; the prior head, fusion and projector start fresh.
-        `image_token_id=None` looks `<image>` up in the tokenizer saved next to the LM. `dtype=None` is float32.
+        The tokenizer saved next to the LM goes through `prepare_tokenizer` (as in `VitSplitLlavaProcessor.
+        from_components`): when that adds `<image>` / a pad token, the LM's input and output embeddings grow to
+        `len(tokenizer)` (new rows at the mean of the old ones, transformers' default), so the vocabulary and
+        `image_token_id` match the processor's. Save the processor next to the model: it holds that tokenizer.
+        `image_token_id=None` is the tokenizer's `<image>` id. `dtype=None` is float32.
         """
         if is_deepspeed_zero3_enabled():
             raise RuntimeError(
@@ -77,10 +82,15 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 "unset_hf_deepspeed_config()), then let the trainer partition it."
             )
         dtype = dtype or torch.get_default_dtype()
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(language_path))
         if image_token_id is None:
-            image_token_id = _image_token_id_of(language_path)
+            image_token_id = token_id(tokenizer, IMAGE_TOKEN)
         tower = load_tower(vision_path, dtype=dtype)
         lm = AutoModelForCausalLM.from_pretrained(language_path, dtype=dtype)
+        if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
+            lm.resize_token_embeddings(len(tokenizer))  # also sets lm.config.vocab_size
+        if lm.generation_config.pad_token_id is None:
+            lm.generation_config.pad_token_id = tokenizer.pad_token_id
         config = VitSplitLlavaConfig(
             vision_config=tower.config, text_config=lm.config, split=split, projector_type=projector_type,
             image_token_id=image_token_id,
@@ -224,14 +234,3 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
             rows.append(PartCount(part, sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)))
         return rows
 
-
-def _image_token_id_of(language_path: str | Path) -> int:
-    tokenizer = AutoTokenizer.from_pretrained(language_path)
-    token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        raise ValueError(
-            f"The tokenizer in {language_path} has no '{IMAGE_TOKEN}' token. Add it "
-            f"(tokenizer.add_special_tokens({{'additional_special_tokens': ['{IMAGE_TOKEN}']}})), resize the LM's "
-            "embeddings to len(tokenizer) and save both, or pass image_token_id."
-        )
-    return token_id

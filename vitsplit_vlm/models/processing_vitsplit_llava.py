@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, BatchFea
 
 from ..conversation import IGNORE_INDEX, IMAGE_TOKEN, Template, encode_prompt, expand_image_tokens, render_prompt
 from ..vision.towers import vision_config_of
+from .tokenizer import prepare_tokenizer, token_id
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -65,19 +66,22 @@ class VitSplitLlavaProcessor(ProcessorMixin):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
         self.patch_size, self.pad_to_square, self.padding_side = patch_size, pad_to_square, padding_side
         super().__init__(image_processor, tokenizer, **kwargs)
-        token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        if token_id is None or token_id == tokenizer.unk_token_id:
+        image_token_id = token_id(tokenizer, IMAGE_TOKEN)
+        if image_token_id is None:
             raise ValueError(
-                f"The tokenizer has no '{IMAGE_TOKEN}' token; add it as a special token and resize the LM's embeddings."
+                f"The tokenizer has no '{IMAGE_TOKEN}' token; add it with vitsplit_vlm.models.prepare_tokenizer (as "
+                "from_components does) and resize the LM's embeddings to len(tokenizer)."
             )
-        self.image_token_id: int = token_id
+        self.image_token_id: int = image_token_id
 
     @classmethod
     def from_components(cls, vision_path: str | Path, language_path: str | Path, **kwargs) -> "VitSplitLlavaProcessor":
-        """From the same hand-downloaded checkpoints as `VitSplitLlavaForConditionalGeneration.from_components`."""
+        """From the same hand-downloaded checkpoints as `VitSplitLlavaForConditionalGeneration.from_components`,
+        with the LM's tokenizer prepared the same way (`prepare_tokenizer`: `<image>` and a pad token added if
+        missing), so its ids match that model's vocabulary."""
         patch_size = vision_config_of(AutoConfig.from_pretrained(vision_path)).patch_size
         return cls(
-            AutoImageProcessor.from_pretrained(vision_path), AutoTokenizer.from_pretrained(language_path),
+            AutoImageProcessor.from_pretrained(vision_path), prepare_tokenizer(AutoTokenizer.from_pretrained(language_path)),
             patch_size=patch_size, **kwargs,
         )
 
