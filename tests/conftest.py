@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,3 +15,38 @@ def tiny_ckpts(tmp_path_factory) -> dict[str, Path]:
     from vitsplit_vlm.tiny import build_tiny_checkpoints
 
     return build_tiny_checkpoints(tmp_path_factory.mktemp("tiny"), size="test")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tiny_ckpts, tmp_path_factory) -> Path:
+    """A saved random tiny VitSplitLlava (CLIP tower, the paper's VLM split) with its processor, as training
+    writes it. Tests must not write into it (copy it first)."""
+    import torch
+
+    from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
+    from vitsplit_vlm.vision import split_preset
+
+    torch.manual_seed(0)
+    model = VitSplitLlavaForConditionalGeneration.from_components(
+        tiny_ckpts["clip"], tiny_ckpts["llama"], split_preset("clip-l-vlm"))
+    with torch.no_grad():  # random init: make the visual tokens loud enough that answers depend on the image
+        for p in model.projector.parameters():
+            p.mul_(10)
+    out = tmp_path_factory.mktemp("tiny_vlm")
+    model.save_pretrained(out)
+    VitSplitLlavaProcessor.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"]).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_vlm_dir(tiny_vlm_dir, tmp_path_factory) -> Path:
+    """`tiny_vlm_dir` with the special tokens suppressed in its generation_config, so that every reply has visible
+    text (a random model may emit eos first) for the chat tests that assert a real reply."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    out = tmp_path_factory.mktemp("tiny_chat_vlm") / "vlm"
+    shutil.copytree(tiny_vlm_dir, out)
+    config = GenerationConfig.from_pretrained(out)
+    config.suppress_tokens = sorted(set(AutoTokenizer.from_pretrained(out).all_special_ids))
+    config.save_pretrained(out)
+    return out

@@ -18,8 +18,7 @@ from transformers import AutoTokenizer
 
 from vitsplit_vlm.chat import EMPTY_REPLY, ChatModel, ChatSession, GenerationSettings
 from vitsplit_vlm.conversation import encode_prompt, expand_image_tokens
-from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
-from vitsplit_vlm.vision import split_preset
+from vitsplit_vlm.models import VitSplitLlavaProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = " the red circle is on the left"
@@ -208,26 +207,6 @@ def test_sampling_flags():
             GenerationSettings(**bad)
 
 
-def save_tiny_vlm(tiny_ckpts: dict[str, Path], out_dir: Path) -> Path:
-    """A random tiny VLM checkpoint dir as training writes it: model + processor.
-
-    Special tokens are suppressed so that every reply has visible text (a random model may emit eos first).
-    """
-    torch.manual_seed(0)
-    model = VitSplitLlavaForConditionalGeneration.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"], split_preset("clip-l-vlm"))
-    processor = VitSplitLlavaProcessor.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"])
-    model.generation_config.suppress_tokens = sorted(set(processor.tokenizer.all_special_ids))
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
-
-
-@pytest.fixture(scope="module")
-def tiny_vlm_dir(tiny_ckpts, tmp_path_factory) -> Path:
-    return save_tiny_vlm(tiny_ckpts, tmp_path_factory.mktemp("tiny_vlm"))
-
-
-
 def test_load_takes_the_template_the_checkpoint_records(tiny_vlm_dir, tmp_path):
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(tiny_vlm_dir, checkpoint)
@@ -289,9 +268,9 @@ def _assert_replies(terminal: Terminal, question: str) -> None:
     assert reply.strip() and EMPTY_REPLY not in reply, terminal.output
 
 
-def test_terminal_chat_commands_and_bad_images(tiny_vlm_dir, tmp_path):
+def test_terminal_chat_commands_and_bad_images(tiny_chat_vlm_dir, tmp_path):
     Image.new("RGBA", (50, 70), (0, 0, 255, 255)).save(tmp_path / "good.png")
-    terminal = Terminal([sys.executable, str(REPO / "scripts/chat.py"), "--model", str(tiny_vlm_dir), "--max-new-tokens", "5"], tmp_path)
+    terminal = Terminal([sys.executable, str(REPO / "scripts/chat.py"), "--model", str(tiny_chat_vlm_dir), "--max-new-tokens", "5"], tmp_path)
     try:
         assert "(template vicuna_v1). Commands: /image PATH, /reset, /quit." in terminal.expect("USER> ", timeout=60)
         _assert_replies(terminal, "what is there?")

@@ -354,26 +354,6 @@ def test_scripts_run_from_the_command_line(tmp_path):
 # ------------------------------------------------------------------------------------------ real tiny model
 
 
-@pytest.fixture(scope="module")
-def tiny_vlm_dir(tiny_ckpts, tmp_path_factory):
-    """A saved tiny VitSplitLlava checkpoint with its processor, as training writes it."""
-    import torch
-
-    from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
-    from vitsplit_vlm.vision import split_preset
-
-    torch.manual_seed(0)
-    model = VitSplitLlavaForConditionalGeneration.from_components(
-        tiny_ckpts["clip"], tiny_ckpts["llama"], split_preset("clip-l-vlm"))
-    with torch.no_grad():  # random init: make the visual tokens loud enough that answers depend on the image
-        for p in model.projector.parameters():
-            p.mul_(10)
-    out = tmp_path_factory.mktemp("tiny_vlm")
-    model.save_pretrained(out)
-    VitSplitLlavaProcessor.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"]).save_pretrained(out)
-    return out
-
-
 def test_end_to_end_with_a_tiny_vlm(tiny_vlm_dir, tmp_path):
     """Batched, chunked CLI answers equal one-prompt-at-a-time generation from a hand-written LLaVA-1.5 prompt."""
     import torch

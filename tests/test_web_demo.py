@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 import pytest
 from PIL import Image
-from test_chat_cli import tiny_vlm_dir  # noqa: F401 -- the fixture (a saved random tiny VLM)
 
 from vitsplit_vlm.chat import EMPTY_REPLY
 
@@ -132,11 +131,11 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def test_upload_ask_see_the_answer_and_clear(tiny_vlm_dir, tmp_path):
+def test_upload_ask_see_the_answer_and_clear(tiny_chat_vlm_dir, tmp_path):
     Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
-    argv = [sys.executable, "scripts/web_demo.py", "--model", str(tiny_vlm_dir), "--port", str(port), "--max-new-tokens", "8"]
+    argv = [sys.executable, "scripts/web_demo.py", "--model", str(tiny_chat_vlm_dir), "--port", str(port), "--max-new-tokens", "8"]
     server_log = tmp_path / "server.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     with _process(argv, server_log, env) as server, _browser(tmp_path) as browser:  # both start at once

@@ -33,8 +33,8 @@ from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPi
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-IMAGE_TOKEN = "<image>"
-PAD_TOKEN = "<pad>"
+from .conversation import IMAGE_TOKEN
+from .models.tokenizer import PAD_TOKEN
 
 # "test": unit-test size (ms per step). "demo": the embedded default that learns the synthetic VQA task on CPU.
 SIZES: dict[str, dict[str, dict[str, int]]] = {
