@@ -354,6 +354,16 @@ def test_scripts_run_from_the_command_line(tmp_path):
 # ------------------------------------------------------------------------------------------ real tiny model
 
 
+def test_model_path_without_a_checkpoint_is_a_usage_error(tmp_path, capsys):
+    qf, af = make_vqav2(tmp_path, n=2)
+    (tmp_path / "ckpt").mkdir()
+    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af)) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'ckpt'}: no config.json; pass a directory written by save_pretrained (a trained or "
+        "converted checkpoint)\n"
+    )
+
+
 def test_end_to_end_with_a_tiny_vlm(tiny_vlm_dir, tmp_path):
     """Batched, chunked CLI answers equal one-prompt-at-a-time generation from a hand-written LLaVA-1.5 prompt."""
     import torch

@@ -12,7 +12,6 @@ streamed (``TextIteratorStreamer`` fed by ``generate`` in a worker thread).
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import closing
@@ -22,13 +21,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .conversation import IMAGE_TOKEN, TEMPLATES, Message
-from .models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor, to_rgb
+from .models import to_rgb
+from .models.loading import DEFAULT_TEMPLATE, DTYPES, check_template, load_for_inference, to_model
 
-DEFAULT_TEMPLATE = "vicuna_v1"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMMANDS_HELP = "Commands: /image PATH, /reset, /quit."
 EMPTY_REPLY = "[empty reply: the model ended its turn at once]"  # shown instead of a blank answer
 
@@ -92,8 +90,7 @@ class ChatModel:
     settings: GenerationSettings = field(default_factory=GenerationSettings)
 
     def __post_init__(self) -> None:
-        if self.template not in TEMPLATES:
-            raise ValueError(f"unknown conversation template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
+        check_template(self.template)
 
     @classmethod
     def load(
@@ -105,32 +102,15 @@ class ChatModel:
         dtype: str = "auto",
         settings: GenerationSettings | None = None,
     ) -> ChatModel:
-        """Load a checkpoint directory; the template is ``template``, else the one its config records, else vicuna_v1."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        if not Path(model_dir, "config.json").is_file():
-            raise FileNotFoundError(f"{model_dir}: no config.json; pass a directory written by save_pretrained (a trained or converted checkpoint)")
-        try:
-            processor = VitSplitLlavaProcessor.from_pretrained(model_dir)
-        except OSError as exc:
-            raise FileNotFoundError(
-                f"{model_dir}: cannot load the processor ({exc}); save it next to the model with "
-                "VitSplitLlavaProcessor.save_pretrained (tokenizer + image processor + processor config)"
-            ) from exc
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # auto: bfloat16 on a GPU (a 7B LM in float32 would need twice the memory), float32 elsewhere (half
-        # precision is slow on CPU); the same rule as the eval CLIs.
-        torch_dtype = DTYPES[dtype] if dtype != "auto" else torch.bfloat16 if device.startswith("cuda") else torch.float32
-        model = VitSplitLlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
-        template = template or getattr(model.config, "conversation_template", None) or DEFAULT_TEMPLATE
+        """Load a checkpoint directory with `load_for_inference` (as the evaluation does); the template is
+        ``template``, else the one its config records, else vicuna_v1."""
+        model, processor, template = load_for_inference(model_dir, device=device, dtype=dtype, template=template)
         return cls(model, processor, template, settings or GenerationSettings())
 
-    def inputs(self, messages: list[Message], image: Image.Image | None) -> dict[str, torch.Tensor]:
+    def inputs(self, messages: list[Message], image: Image.Image | None) -> BatchFeature:
         """``generate`` inputs for a history ending with a user turn (one ``<image>`` iff ``image`` is given)."""
         inputs = self.processor.apply_chat_template(messages, template=self.template, tokenize=True, images=None if image is None else [image])
-        inputs = {name: value.to(self.model.device) for name, value in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return inputs
+        return to_model(inputs, self.model)
 
     def stream(self, messages: list[Message], image: Image.Image | None) -> Iterator[str]:
         """Yield the reply to ``messages`` (ending with a user turn) as it is generated.
@@ -236,7 +216,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The loading and sampling flags both demos take."""
     parser.add_argument("--model", required=True, help="checkpoint directory (written by save_pretrained)")
     parser.add_argument("--template", choices=TEMPLATES, help="conversation template (default: the checkpoint's, else vicuna_v1)")
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, cuda:$LOCAL_RANK under torchrun, else cpu)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: bfloat16 on cuda, else float32")
     parser.add_argument("--max-new-tokens", type=int, default=GenerationSettings.max_new_tokens)
     parser.add_argument("--temperature", type=float, default=GenerationSettings.temperature, help="0 = greedy")

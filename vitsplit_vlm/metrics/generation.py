@@ -8,19 +8,16 @@ does) through the processor, so evaluation sees exactly the layout training used
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from ..conversation import IMAGE_TOKEN, TEMPLATES
+from ..conversation import IMAGE_TOKEN
+from ..models.loading import DEFAULT_TEMPLATE, load_for_inference, to_model
 from .io import EvalInputError
 from .runner import Answerer
-
-DEFAULT_TEMPLATE = "vicuna_v1"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def vqa_messages(question: str, instruction: str) -> list[dict[str, str]]:
@@ -44,20 +41,11 @@ def answer_batch(
     conversations = [vqa_messages(q, instruction) for q in questions]
     inputs = processor.apply_chat_template(conversations, template=template, tokenize=True, images=list(images),
                                            padding_side="left")
-    inputs = inputs.to(model.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    inputs = to_model(inputs, model)
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=processor.tokenizer.pad_token_id)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
     return [t.strip() for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def default_device() -> str:
-    """This process's GPU under torchrun / accelerate (LOCAL_RANK, shared round-robin when ranks outnumber
-    GPUs), else the CPU."""
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
 
 
 def load_answerer(
@@ -69,19 +57,11 @@ def load_answerer(
     device: str | None = None,
     dtype: str = "auto",
 ) -> Answerer:
-    """Load a saved VitSplitLlava checkpoint + processor and bind them into an ``Answerer``."""
-    from ..models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
-
-    model_path = Path(model_path)
-    if not (model_path / "config.json").is_file():
-        raise EvalInputError(f"--model-path {model_path} has no config.json; pass a directory written by "
-                             "save_pretrained (model and processor files).")
-    device = device or default_device()
-    torch_dtype = DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model = VitSplitLlavaForConditionalGeneration.from_pretrained(model_path, dtype=torch_dtype).to(device).eval()
-    processor = VitSplitLlavaProcessor.from_pretrained(model_path)
-    template = template or getattr(model.config, "conversation_template", None) or DEFAULT_TEMPLATE
-    if template not in TEMPLATES:
-        raise EvalInputError(f"unknown conversation template {template!r}; choose one of {', '.join(TEMPLATES)}.")
+    """Load a saved VitSplitLlava checkpoint + processor (``load_for_inference``, as the chat does) and bind them
+    into an ``Answerer``; a bad checkpoint dir or template is an ``EvalInputError`` (one line, exit 2)."""
+    try:
+        model, processor, template = load_for_inference(model_path, device=device, dtype=dtype, template=template)
+    except (FileNotFoundError, ValueError) as exc:
+        raise EvalInputError(str(exc)) from exc
     return functools.partial(answer_batch, model, processor, instruction=instruction, template=template,
                              max_new_tokens=max_new_tokens)
