@@ -19,11 +19,14 @@ history = logging.getLogger("vitsplit_vlm.history")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(log_file: str | Path | None) -> None:
-    """INFO of the package's loggers to the console and to `log_file` (appended: a resumed run continues it)."""
+def setup_logging(log_file: str | Path | None, level: int = logging.INFO) -> None:
+    """The package's loggers to the console and to `log_file` (appended: a resumed run continues it).
+
+    Other ranks than the main one pass no file and `level=logging.WARNING`, so each message appears once.
+    """
     root = logging.getLogger("vitsplit_vlm")
     for log in (root, history):
-        log.setLevel(logging.INFO)
+        log.setLevel(level)
         log.propagate = False
         for handler in list(log.handlers):
             log.removeHandler(handler)

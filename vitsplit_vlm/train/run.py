@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     distributed.init_distributed(use_deepspeed=any(stage.deepspeed for _, stage in stages(config)))
 
     output_dir = Path(config.output_dir)
-    setup_logging(output_dir / "train.log" if distributed.is_main_process() else None)
+    main_process = distributed.is_main_process()
+    setup_logging(output_dir / "train.log" if main_process else None, logging.INFO if main_process else logging.WARNING)
     logger.info("config %s:\n%s", args.config, yaml.safe_dump(to_dict(config), sort_keys=False))
     components = resolve_components(config, output_dir)
     logger.info("vision tower: %s\nlanguage model: %s", components.vision_tower, components.language_model)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         # A stage that leaves the LM alone hands its projector/heads on to the next one.
         init_from = None if trains_language_model(stage) else stage_dir
     if config.eval:
-        if distributed.is_main_process():
+        if main_process:
             name, stage = stages(config)[-1]
             evaluate_stage(config, components, data_dir, stage, output_dir / name)
         distributed.barrier()
