@@ -17,6 +17,7 @@ class Run:
     steps: int = 10
     optim: Optim = field(default_factory=Optim)
     extra: Optim | None = None
+    warmup: float | None = None
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -26,13 +27,20 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg == Run(name="a", steps=3, optim=Optim(0.1, [0.5, 0.6]), extra=Optim(learning_rate=2e-5))
 
 
+def test_optional_floats_accept_yaml_exponent_text():
+    assert load_config(Run, None, ["warmup=2e-5"]).warmup == 2e-5
+    assert load_config(Run, None, ["warmup=null"]).warmup is None
+    with pytest.raises(ValueError, match=r"^config\.warmup: expected a number, got 'soon'\.$"):
+        load_config(Run, None, ["warmup=soon"])
+
+
 def test_unknown_keys_are_named(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("optim:\n  lr: 0.1\n")
     with pytest.raises(ValueError) as err:
         load_config(Run, path)
     assert str(err.value) == f"{path}.optim: unknown key(s) lr. Known keys: betas, learning_rate."
-    with pytest.raises(ValueError, match=r"^config: unknown key\(s\) stepz\. Known keys: extra, name, optim, steps\.$"):
+    with pytest.raises(ValueError, match=r"^config: unknown key\(s\) stepz\. Known keys: extra, name, optim, steps, warmup\.$"):
         load_config(Run, None, ["stepz=1"])
 
 

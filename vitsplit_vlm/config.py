@@ -78,6 +78,13 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
 
 def _coerce(annotation: Any, value: Any, where: str) -> Any:
     """Check scalars against their annotation. YAML reads `2e-5` as a string, so floats also accept numeric text."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if value is None and len(args) < len(typing.get_args(annotation)):
+            return None
+        if len(args) == 1:  # `X | None`: check against X
+            return _coerce(args[0], value, where)
+        return value
     if annotation is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
             return float(value)
