@@ -27,6 +27,27 @@ def vqa_messages(question: str, instruction: str) -> list[dict[str, str]]:
 
 
 @torch.inference_mode()
+def answer_conversations(
+    model,
+    processor,
+    images: Sequence[Image.Image],
+    conversations: Sequence[list[dict[str, str]]],
+    *,
+    template: str = DEFAULT_TEMPLATE,
+    max_new_tokens: int = 16,
+) -> list[str]:
+    """Greedy replies to conversations that end with a user turn, as a left-padded batch; the decoded
+    continuation only, whitespace-stripped. Shared with the post-training evaluation, which prompts with the
+    records' own user turns."""
+    inputs = processor.apply_chat_template(list(conversations), template=template, tokenize=True, images=list(images),
+                                           padding_side="left")
+    inputs = to_model(inputs, model)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=processor.tokenizer.pad_token_id)
+    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    return [t.strip() for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
 def answer_batch(
     model,
     processor,
@@ -37,15 +58,10 @@ def answer_batch(
     template: str = DEFAULT_TEMPLATE,
     max_new_tokens: int = 16,
 ) -> list[str]:
-    """Greedy answers for a left-padded batch; the decoded continuation only, whitespace-stripped."""
+    """Greedy answers to VQA questions, each prompted as `vqa_messages` writes it."""
     conversations = [vqa_messages(q, instruction) for q in questions]
-    inputs = processor.apply_chat_template(conversations, template=template, tokenize=True, images=list(images),
-                                           padding_side="left")
-    inputs = to_model(inputs, model)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=processor.tokenizer.pad_token_id)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
-    return [t.strip() for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return answer_conversations(model, processor, images, conversations, template=template,
+                                max_new_tokens=max_new_tokens)
 
 
 def load_answerer(

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..conversation import Message, Template
 from ..data.llava_json import record_messages
+from ..metrics.generation import answer_conversations
 from ..metrics.vqa import exact_match
 from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
 from .config import RunConfig, StageConfig
@@ -56,11 +57,10 @@ def load_eval_records(val_json: Path, image_folder: Path, limit: int | None = No
     return records[:limit] if limit else records
 
 
-@torch.no_grad()
 def generate_answers(
     model, processor, records: list[EvalRecord], template: Template, batch_size: int, max_new_tokens: int
 ) -> dict[str, str]:
-    """Greedy answers, batched (the processor pads prompts on the left)."""
+    """Greedy answers, batched (`answer_conversations`: left-padded prompts, inputs moved by `to_model`)."""
     model.eval()
     answers = {}
     for start in tqdm(range(0, len(records), batch_size), desc="evaluating", unit="batch"):
@@ -70,14 +70,9 @@ def generate_answers(
             with Image.open(record.image) as image:
                 image.load()
                 images.append(image)
-        inputs = processor.apply_chat_template([[r.question] for r in batch], template=template, tokenize=True, images=images)
-        out = model.generate(
-            **inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=processor.tokenizer.pad_token_id,
-        )
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
-        for record, text in zip(batch, processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            answers[record.record_id] = text.strip()
+        texts = answer_conversations(model, processor, images, [[r.question] for r in batch], template=template,
+                                     max_new_tokens=max_new_tokens)
+        answers.update((record.record_id, text) for record, text in zip(batch, texts))
     return answers
 
 
