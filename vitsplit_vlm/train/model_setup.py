@@ -17,6 +17,7 @@ from torch import nn
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..models import VitSplitLlavaForConditionalGeneration
+from ..models.loading import DTYPES
 from ..vision import ViTSplitConfig, split_preset
 from .checkpoint import load_stage1_weights, stage1_weights_path
 from .config import ModelConfig, StageConfig
@@ -24,7 +25,6 @@ from .lora import part_module_names
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Prefix peft puts in front of every parameter name, and the segments it inserts around wrapped modules.
 _PEFT_PREFIX = "base_model.model."
 _PEFT_SEGMENTS = re.compile(r"\.(modules_to_save\.default|original_module)(?=\.|$)")
@@ -37,9 +37,9 @@ class Components:
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    if name not in _DTYPES:
-        raise ValueError(f"model.dtype={name!r}; choose one of {', '.join(_DTYPES)}.")
-    return _DTYPES[name]
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name!r}; choose one of {', '.join(DTYPES)}.")
+    return DTYPES[name]
 
 
 def split_config(model_cfg: ModelConfig) -> ViTSplitConfig:
