@@ -18,6 +18,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 
 from ..train.distributed import init_distributed
 from ..train.logs import RunLogCallback, setup_logging
+from ..train.optim import grouped_param_groups
 from ..vision import ViTSplit, ViTSplitConfig, load_tower, split_preset
 from .data import DenseDataConfig, build_datasets
 from .inference import evaluate
@@ -89,17 +90,18 @@ class DenseTrainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(model))
         slow = {id(p) for p in self.model.task_head_parameters()}
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                groups.setdefault((id(param) in slow, name in decay), []).append(param)
-        lr, wd = self.args.learning_rate, self.args.weight_decay
-        param_groups = [
-            {"params": params, "lr": lr * (self.task_head_lr_mult if is_slow else 1.0), "weight_decay": wd if decayed else 0.0}
-            for (is_slow, decayed), params in sorted(groups.items())
-        ]
+        lr = self.args.learning_rate
+
+        def lr_class(_: str, param: torch.nn.Parameter) -> str | None:
+            if not param.requires_grad:
+                return None
+            return "task_head" if id(param) in slow else "rest"  # sorted: "rest" first, the Trainer logs its LR
+
+        param_groups = grouped_param_groups(
+            model, lr_class, {"rest": lr, "task_head": lr * self.task_head_lr_mult},
+            set(self.get_decay_parameter_names(model)), self.args.weight_decay,
+        )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer

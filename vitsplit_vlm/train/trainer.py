@@ -15,6 +15,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .config import StageConfig
 from .model_setup import learning_rates, parameter_parts
+from .optim import grouped_param_groups
 
 
 def training_arguments(stage: StageConfig, output_dir: Path, seed: int) -> TrainingArguments:
@@ -59,17 +60,11 @@ class VitSplitTrainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(model))
-        lrs = learning_rates(self.stage)
-        parts = parameter_parts(model)
-        groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
-        for name, param in model.named_parameters():
-            if name in parts:
-                groups.setdefault((parts[name], name in decay), []).append(param)
-        param_groups = [
-            {"params": params, "lr": lrs[part], "weight_decay": self.args.weight_decay if decayed else 0.0}
-            for (part, decayed), params in sorted(groups.items())
-        ]
+        parts = parameter_parts(model)  # trainable parameters only
+        param_groups = grouped_param_groups(
+            model, lambda name, _: parts.get(name), learning_rates(self.stage),
+            set(self.get_decay_parameter_names(model)), self.args.weight_decay,
+        )
         # torch AdamW: on DeepSpeed's tested list, so no JIT-built DeepSpeed optimizer is ever needed.
         self.optimizer = torch.optim.AdamW(
             param_groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1, self.args.adam_beta2),
