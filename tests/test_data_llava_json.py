@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer
+from transformers import AutoImageProcessor, AutoTokenizer, LlamaTokenizer
 
-from vitsplit_vlm.conversation import IGNORE_INDEX, IMAGE_TOKEN
+from vitsplit_vlm.conversation import IGNORE_INDEX, IMAGE_TOKEN, tokenize_conversation
 from vitsplit_vlm.data import check
 from vitsplit_vlm.data.llava_json import (
     BadRecordError,
@@ -222,6 +223,28 @@ def test_check_lists_every_bad_record(files, tiny_ckpts, capsys):
     for line, want in zip(out, expected):
         assert line.startswith(want) if want.endswith(": ") else line == want
     assert out[-1] == f"{files / 'mixed.json'}: 17 records, 10 bad, 1 text-only, 1 truncated to model_max_length={MAX_LEN}"
+
+
+def test_check_prepares_a_raw_vicuna_tokenizer_as_training_does(files, tok, tiny_ckpts, tmp_path, capsys):
+    """A hand-downloaded Vicuna tokenizer has no <image>: the check adds it (prepare_tokenizer) as training does, so
+    the placeholder counts as one token, not as the pieces its text splits into."""
+    raw = tmp_path / "vicuna"
+    raw.mkdir()
+    shutil.copy(tiny_ckpts["llama"] / "tokenizer.model", raw / "tokenizer.model")
+    LlamaTokenizer.from_pretrained(raw, add_bos_token=True, add_eos_token=False).save_pretrained(raw)
+    unprepared = AutoTokenizer.from_pretrained(raw)
+    assert unprepared.convert_tokens_to_ids(IMAGE_TOKEN) == unprepared.unk_token_id
+    assert len(unprepared(IMAGE_TOKEN, add_special_tokens=False)["input_ids"]) > 1
+    record = GOOD[0]
+    # Exactly model_max_length long with <image> as one token (one image token per image): split into its
+    # pieces, the record would be longer and lose its answer.
+    length = len(tokenize_conversation(record_messages(record)[0], tok, "vicuna_v1").input_ids)
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps([record]))
+    argv = [str(one), "--image-dir", str(files / "images"), "--max-length", str(length), "--num-image-tokens", "1"]
+    for tokenizer in (tiny_ckpts["llama"], raw):
+        assert check.main(argv + ["--tokenizer", str(tokenizer)]) == 0
+        assert capsys.readouterr().out.splitlines() == [f"{one}: 1 records, 0 bad, 0 text-only, 0 truncated to model_max_length={length}"]
 
 
 def test_check_without_tokenizer_skips_length_and_passes_good_files(files, capsys):

@@ -4,7 +4,8 @@
 
 Prints ``bad record <id> (#<index>): <reason>`` per bad record, then a summary. Exit code 0 if all records
 are usable, 1 if any is bad, 2 if the file itself cannot be read. With a tokenizer the length check runs too:
-records truncated to ``--max-length`` are counted; ones whose image tokens would be cut are bad.
+records truncated to ``--max-length`` are counted; ones whose image tokens would be cut are bad. The tokenizer is
+prepared as training prepares it (``prepare_tokenizer``), so an LM's tokenizer as downloaded counts ``<image>`` as one token.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from transformers import AutoTokenizer
 
 from vitsplit_vlm.conversation import TEMPLATES
 from vitsplit_vlm.data.llava_json import DataFileError, load_llava_json, scan_records
+from vitsplit_vlm.models import prepare_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", help="LLaVA conversation JSON (list or JSON lines)")
     parser.add_argument("--image-dir", required=True, help="folder the records' 'image' paths are relative to")
-    parser.add_argument("--tokenizer", help="tokenizer directory; enables the length check")
+    parser.add_argument("--tokenizer", help="tokenizer directory (e.g. the LM's, as downloaded); enables the length check")
     parser.add_argument("--max-length", type=int, help="model_max_length (with --tokenizer)")
     parser.add_argument("--num-image-tokens", type=int, help="visual tokens per image in the model (with --tokenizer)")
     parser.add_argument("--template", default="vicuna_v1", choices=TEMPLATES)
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tokenizer is None) != (args.max_length is None) or (args.tokenizer is None) != (args.num_image_tokens is None):
         parser.error("the length check needs all of --tokenizer, --max-length and --num-image-tokens")
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(args.tokenizer)) if args.tokenizer else None
     try:
         ds = load_llava_json(args.file)
     except DataFileError as err:
