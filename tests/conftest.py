@@ -18,6 +18,23 @@ def tiny_ckpts(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_ckpts):
+    """The tiny Llama's tokenizer (`<image>` and a pad token included). Shared: deep-copy it before changing it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_ckpts["llama"])
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_ckpts):
+    """`VitSplitLlavaProcessor.from_components` of the tiny CLIP tower and Llama (left padding, no pad to square).
+    Shared: build another one to change its settings."""
+    from vitsplit_vlm.models import VitSplitLlavaProcessor
+
+    return VitSplitLlavaProcessor.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"])
+
+
+@pytest.fixture(scope="session")
 def tiny_vlm_dir(tiny_ckpts, tmp_path_factory) -> Path:
     """A saved random tiny VitSplitLlava (CLIP tower, the paper's VLM split) with its processor, as training
     writes it. Tests must not write into it (copy it first)."""

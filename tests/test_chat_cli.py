@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer
 
 from vitsplit_vlm.chat import EMPTY_REPLY, ChatModel, ChatSession, GenerationSettings
 from vitsplit_vlm.conversation import encode_prompt, expand_image_tokens
-from vitsplit_vlm.models import VitSplitLlavaProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = " the red circle is on the left"
@@ -61,20 +59,10 @@ class FakeModel:
         return False
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_ckpts):
-    return AutoTokenizer.from_pretrained(tiny_ckpts["llama"])
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_ckpts):
-    return VitSplitLlavaProcessor.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"])
-
-
 @pytest.fixture
-def make_session(tokenizer, processor):
+def make_session(tiny_tokenizer, tiny_processor):
     def make(template: str = "vicuna_v1", **model_kwargs) -> ChatSession:
-        return ChatSession(ChatModel(FakeModel(tokenizer, **model_kwargs), processor, template))
+        return ChatSession(ChatModel(FakeModel(tiny_tokenizer, **model_kwargs), tiny_processor, template))
 
     return make
 
@@ -130,7 +118,7 @@ def test_generate_error_reaches_the_reader_and_history_is_unchanged(make_session
     assert session.messages == []
 
 
-def test_image_goes_in_first_user_turn_and_history_is_rendered_with_the_template(make_session, tokenizer, tmp_path):
+def test_image_goes_in_first_user_turn_and_history_is_rendered_with_the_template(make_session, tiny_tokenizer, tmp_path):
     session = make_session()
     list(session.ask("hello"))  # text-only turn: no image yet
     assert session.set_image(_image(tmp_path / "a.png")) == f"Loaded image {tmp_path / 'a.png'} (37x23)."
@@ -145,7 +133,7 @@ def test_image_goes_in_first_user_turn_and_history_is_rendered_with_the_template
         {"role": "user", "content": "and the shape?"},
     ]
     ids, pixel_values = _generated_from(session)
-    assert ids == _expected_ids(expected, tokenizer)
+    assert ids == _expected_ids(expected, tiny_tokenizer)
     assert pixel_values.shape == (1, 3, 28, 28)  # any size in, the tower's size out
     assert _generated_from(session, 0)[1] is None
     assert session.chat_model.model.calls[-1].keys() >= {"attention_mask", "max_new_tokens", "do_sample", "temperature", "top_p"}
@@ -190,12 +178,12 @@ def test_reset_clears_history_and_image(make_session, tmp_path):
     assert _generated_from(session)[1] is None
 
 
-def test_plain_template_renders_each_question_alone_with_the_image(make_session, tokenizer, tmp_path):
+def test_plain_template_renders_each_question_alone_with_the_image(make_session, tiny_tokenizer, tmp_path):
     session = make_session(template="plain")
     session.set_image(_image(tmp_path / "a.png"))
     list(session.ask("describe"))
     list(session.ask("again"))
-    assert _generated_from(session)[0] == _expected_ids([{"role": "user", "content": "<image>\nagain"}], tokenizer, "plain")
+    assert _generated_from(session)[0] == _expected_ids([{"role": "user", "content": "<image>\nagain"}], tiny_tokenizer, "plain")
     assert len(session.messages) == 4 and session.image_turn is None
 
 

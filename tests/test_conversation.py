@@ -1,7 +1,6 @@
 import copy
 
 import pytest
-from transformers import AutoTokenizer
 
 from vitsplit_vlm.conversation import (
     IGNORE_INDEX,
@@ -30,13 +29,8 @@ ANSWERS = ["red", "two shapes"]
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_ckpts):
-    return AutoTokenizer.from_pretrained(tiny_ckpts["llama"])
-
-
-@pytest.fixture(scope="module")
-def chat_tok(tok):
-    t = copy.deepcopy(tok)
+def chat_tok(tiny_tokenizer):
+    t = copy.deepcopy(tiny_tokenizer)
     t.chat_template = CHATML
     return t
 
@@ -55,9 +49,9 @@ def learned_runs(ids, labels):
     return runs + ([cur] if cur else [])
 
 
-def test_vicuna_v1_prompt_is_llava_conv_vicuna_v1(tok):
+def test_vicuna_v1_prompt_is_llava_conv_vicuna_v1(tiny_tokenizer):
     messages = messages_from_llava(LLAVA)
-    assert render_prompt(messages[:3], tok, "vicuna_v1") == (
+    assert render_prompt(messages[:3], tiny_tokenizer, "vicuna_v1") == (
         VICUNA_SYSTEM + " USER: <image>\nWhat color is the circle? ASSISTANT: red</s>"
         "USER: How many shapes are there? ASSISTANT:"
     )
@@ -68,8 +62,8 @@ def test_vicuna_v1_prompt_is_llava_conv_vicuna_v1(tok):
 
 
 @pytest.mark.parametrize("template", ["vicuna_v1", "chat_template"])
-def test_only_answers_and_eos_are_learned(template, tok, chat_tok):
-    t = chat_tok if template == "chat_template" else tok
+def test_only_answers_and_eos_are_learned(template, tiny_tokenizer, chat_tok):
+    t = chat_tok if template == "chat_template" else tiny_tokenizer
     messages = messages_from_llava(LLAVA)
     out = tokenize_conversation(messages, t, template)
     runs = learned_runs(out.input_ids, out.labels)
@@ -86,39 +80,40 @@ def test_only_answers_and_eos_are_learned(template, tok, chat_tok):
     assert out.input_ids.count(t.convert_tokens_to_ids(IMAGE_TOKEN)) == 1
 
 
-def test_plain_keeps_image_and_answer_only(tok):
+def test_plain_keeps_image_and_answer_only(tiny_tokenizer):
     messages = messages_from_llava(LLAVA[:2])
-    out = tokenize_conversation(messages, tok, "plain")
-    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
-    answer = tok("red</s>", add_special_tokens=False)["input_ids"]
-    assert out.input_ids == [tok.bos_token_id, image_id] + tok(f"{IMAGE_TOKEN}red</s>", add_special_tokens=False)["input_ids"][1:]
-    assert tok.decode(out.input_ids[2:]) == "red</s>"
+    out = tokenize_conversation(messages, tiny_tokenizer, "plain")
+    image_id = tiny_tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    answer = tiny_tokenizer("red</s>", add_special_tokens=False)["input_ids"]
+    assert out.input_ids == [tiny_tokenizer.bos_token_id, image_id] + tiny_tokenizer(
+        f"{IMAGE_TOKEN}red</s>", add_special_tokens=False)["input_ids"][1:]
+    assert tiny_tokenizer.decode(out.input_ids[2:]) == "red</s>"
     assert out.labels[:2] == [IGNORE_INDEX, IGNORE_INDEX] and out.labels[2:] == out.input_ids[2:]
     assert len(out.labels[2:]) == len(answer)
-    assert render_prompt(messages[:1], tok, "plain") == IMAGE_TOKEN
+    assert render_prompt(messages[:1], tiny_tokenizer, "plain") == IMAGE_TOKEN
     with pytest.raises(ConversationError, match=r"^the plain template takes one user turn and one assistant turn, got 4 turns$"):
-        tokenize_conversation(messages_from_llava(LLAVA), tok, "plain")
+        tokenize_conversation(messages_from_llava(LLAVA), tiny_tokenizer, "plain")
 
 
 @pytest.mark.parametrize("template", ["plain", "vicuna_v1", "chat_template"])
-def test_inference_prompt_ids_are_the_training_prefix(template, tok, chat_tok):
-    t = chat_tok if template == "chat_template" else tok
+def test_inference_prompt_ids_are_the_training_prefix(template, tiny_tokenizer, chat_tok):
+    t = chat_tok if template == "chat_template" else tiny_tokenizer
     messages = messages_from_llava(LLAVA[:2])
     out = tokenize_conversation(messages, t, template)
     first_learned = next(i for i, label in enumerate(out.labels) if label != IGNORE_INDEX)
     assert encode_prompt(messages[:1], t, template) == out.input_ids[:first_learned]
 
 
-def test_chat_template_prompt_uses_the_tokenizers_template(chat_tok, tok):
+def test_chat_template_prompt_uses_the_tokenizers_template(chat_tok, tiny_tokenizer):
     messages = messages_from_llava(LLAVA[:2])[:1]
     assert render_prompt(messages, chat_tok, "chat_template") == chat_tok.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True)
     with pytest.raises(ConversationError, match="^template 'chat_template' needs a tokenizer with a chat_template; use 'vicuna_v1' or 'plain'$"):
-        render_prompt(messages, tok, "chat_template")
+        render_prompt(messages, tiny_tokenizer, "chat_template")
 
 
-def test_boundary_merging_tokenizer_is_refused(tok):
-    t = copy.deepcopy(tok)
+def test_boundary_merging_tokenizer_is_refused(tiny_tokenizer):
+    t = copy.deepcopy(tiny_tokenizer)
     # "Q A" + "nswer" renders "Q Answer": the tokenizer merges across the user/assistant boundary.
     t.chat_template = "{% for m in messages %}{{ m['content'] }}{% if m['role'] == 'user' %} A{% endif %}{% endfor %}"
     with pytest.raises(ConversationError, match="merges text across a turn boundary of template 'chat_template'"):
@@ -143,11 +138,11 @@ def test_llava_turns_are_checked(turns, message):
     assert str(err.value) == message
 
 
-def test_generation_needs_a_history_ending_with_user(tok):
+def test_generation_needs_a_history_ending_with_user(tiny_tokenizer):
     with pytest.raises(ConversationError, match=r"^bad roles \['user', 'assistant'\]: .* ending with user$"):
-        render_prompt(messages_from_llava(LLAVA[:2]), tok, "vicuna_v1")
+        render_prompt(messages_from_llava(LLAVA[:2]), tiny_tokenizer, "vicuna_v1")
     with pytest.raises(ValueError, match="unknown conversation template 'llama_2'"):
-        render_prompt(messages_from_llava(LLAVA[:2])[:1], tok, "llama_2")
+        render_prompt(messages_from_llava(LLAVA[:2])[:1], tiny_tokenizer, "llama_2")
 
 
 def test_expand_image_tokens():
@@ -156,27 +151,28 @@ def test_expand_image_tokens():
     assert labels == [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 6]
 
 
-def test_truncation_counts_image_tokens_and_never_cuts_them(tok):
+def test_truncation_counts_image_tokens_and_never_cuts_them(tiny_tokenizer):
     messages = messages_from_llava(LLAVA)
-    full = tokenize_conversation(messages, tok, "vicuna_v1")
+    full = tokenize_conversation(messages, tiny_tokenizer, "vicuna_v1")
     n = len(full.input_ids)
-    image_pos = full.input_ids.index(tok.convert_tokens_to_ids(IMAGE_TOKEN))
+    image_id = tiny_tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    image_pos = full.input_ids.index(image_id)
     first_answer_end = len(learned_runs(full.input_ids, full.labels)[0]) + next(
         i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
 
-    same = tokenize_conversation(messages, tok, "vicuna_v1", max_length=n + 9, num_image_tokens=10)
+    same = tokenize_conversation(messages, tiny_tokenizer, "vicuna_v1", max_length=n + 9, num_image_tokens=10)
     assert same == full  # fits exactly once the image is expanded to 10 tokens
 
-    cut = tokenize_conversation(messages, tok, "vicuna_v1", max_length=first_answer_end + 9, num_image_tokens=10)
+    cut = tokenize_conversation(messages, tiny_tokenizer, "vicuna_v1", max_length=first_answer_end + 9, num_image_tokens=10)
     assert cut.truncated and cut.input_ids == full.input_ids[:first_answer_end]
-    assert len(expand_image_tokens(cut.input_ids, cut.labels, tok.convert_tokens_to_ids(IMAGE_TOKEN), 10)[0]) == first_answer_end + 9
-    assert [tok.decode(r) for r in learned_runs(cut.input_ids, cut.labels)] == ["red</s>"]
+    assert len(expand_image_tokens(cut.input_ids, cut.labels, image_id, 10)[0]) == first_answer_end + 9
+    assert [tiny_tokenizer.decode(r) for r in learned_runs(cut.input_ids, cut.labels)] == ["red</s>"]
 
     with pytest.raises(ConversationError) as err:
-        tokenize_conversation(messages, tok, "vicuna_v1", max_length=image_pos + 9, num_image_tokens=10)
+        tokenize_conversation(messages, tiny_tokenizer, "vicuna_v1", max_length=image_pos + 9, num_image_tokens=10)
     assert str(err.value) == (f"conversation too long for model_max_length={image_pos + 9}, image tokens would be cut; "
                               "raise model_max_length or drop the record")
     with pytest.raises(ConversationError) as err:
-        tokenize_conversation(messages, tok, "vicuna_v1", max_length=image_pos + 10, num_image_tokens=10)
+        tokenize_conversation(messages, tiny_tokenizer, "vicuna_v1", max_length=image_pos + 10, num_image_tokens=10)
     assert str(err.value) == (f"no answer tokens left after truncation to model_max_length={image_pos + 10}; "
                               "raise model_max_length or drop the record")

@@ -85,11 +85,6 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_ckpts):
-    return AutoTokenizer.from_pretrained(tiny_ckpts["llama"])
-
-
-@pytest.fixture(scope="module")
 def processor(tiny_ckpts):
     return AutoImageProcessor.from_pretrained(tiny_ckpts["clip"])
 
@@ -99,11 +94,11 @@ def make(files, tok, processor, name="good.json", **kw):
     return LlavaDataset(files / name, files / "images", tok, processor, **kw)
 
 
-def test_items_have_expanded_ids_masked_labels_and_rgb_pixels(files, tok, processor):
-    ds = make(files, tok, processor)
+def test_items_have_expanded_ids_masked_labels_and_rgb_pixels(files, tiny_tokenizer, processor):
+    ds = make(files, tiny_tokenizer, processor)
     assert len(ds) == len(GOOD)
     assert (ds.stats.total, ds.stats.skipped, ds.stats.truncated, ds.stats.text_only) == (7, 0, 1, 1)
-    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    image_id = tiny_tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     for i, record in enumerate(GOOD):
         item = ds[i]
         ids, labels = item["input_ids"], item["labels"]
@@ -113,7 +108,7 @@ def test_items_have_expanded_ids_masked_labels_and_rgb_pixels(files, tok, proces
         assert bool((labels[ids == image_id] == IGNORE_INDEX).all())
         if has_image:
             first = int((ids == image_id).nonzero()[0])
-            assert tok.decode(ids[first + N_IMG:first + N_IMG + 1]) == "\n"  # placeholder moved to the start
+            assert tiny_tokenizer.decode(ids[first + N_IMG:first + N_IMG + 1]) == "\n"  # placeholder moved to the start
             expected = processor(images=to_rgb(Image.open(files / "images" / record["image"])), return_tensors="pt")["pixel_values"][0]
             assert torch.equal(item["pixel_values"], expected)
         else:
@@ -122,7 +117,7 @@ def test_items_have_expanded_ids_masked_labels_and_rgb_pixels(files, tok, proces
         assert torch.equal(labels[learned], ids[learned])
         starts = (learned & ~torch.cat([torch.tensor([False]), learned[:-1]])).nonzero().flatten().tolist()
         ends = (learned & ~torch.cat([learned[1:], torch.tensor([False])])).nonzero().flatten().tolist()
-        runs = [tok.decode(ids[s:e + 1]).strip() for s, e in zip(starts, ends)]
+        runs = [tiny_tokenizer.decode(ids[s:e + 1]).strip() for s, e in zip(starts, ends)]
         answers = [t["value"] for t in record["conversations"][1::2]]
         if record["id"] == "long-answer":  # truncated: the answer runs to the end, without its eos
             assert len(ids) == MAX_LEN and ends == [MAX_LEN - 1] and runs[0].startswith("red red")
@@ -139,12 +134,12 @@ def test_record_messages_moves_the_placeholder_to_the_start():
                                          {"role": "user", "content": "And a square?"}, {"role": "assistant", "content": "no"}], None)
 
 
-def test_configuration_errors_fail_once_before_the_scan(files, tok):
+def test_configuration_errors_fail_once_before_the_scan(files, tiny_tokenizer):
     ds = load_llava_json(files / "good.json", cache_dir=files / "hf")
     with pytest.raises(ValueError, match=r"^unknown conversation template 'llava'; choose one of \('plain', 'vicuna_v1', 'chat_template'\)$"):
-        scan_records(ds, files / "images", tokenizer=tok, template="llava")
+        scan_records(ds, files / "images", tokenizer=tiny_tokenizer, template="llava")
     with pytest.raises(ValueError, match="^template 'chat_template' needs a tokenizer with a chat_template"):
-        scan_records(ds, files / "images", tokenizer=tok, template="chat_template")
+        scan_records(ds, files / "images", tokenizer=tiny_tokenizer, template="chat_template")
 
 
 def test_to_rgb_handles_alpha_gray_and_palette(files):
@@ -158,9 +153,9 @@ def test_to_rgb_handles_alpha_gray_and_palette(files):
     assert (np.asarray(to_rgb(pal)) == 255).all()
 
 
-def test_bad_records_stop_the_run_up_front_naming_the_first(files, tok, processor):
+def test_bad_records_stop_the_run_up_front_naming_the_first(files, tiny_tokenizer, processor):
     with pytest.raises(BadRecordError) as err:
-        make(files, tok, processor, "mixed.json")
+        make(files, tiny_tokenizer, processor, "mixed.json")
     assert err.value.record_id == "missing"
     assert str(err.value) == (
         f"bad record missing in {files / 'mixed.json'}: image not found: {files / 'images'}/nope.png "
@@ -169,8 +164,8 @@ def test_bad_records_stop_the_run_up_front_naming_the_first(files, tok, processo
     )
 
 
-def test_skip_bad_samples_drops_and_counts_them(files, tok, processor):
-    ds = make(files, tok, processor, "mixed.json", skip_bad_samples=True)
+def test_skip_bad_samples_drops_and_counts_them(files, tiny_tokenizer, processor):
+    ds = make(files, tiny_tokenizer, processor, "mixed.json", skip_bad_samples=True)
     assert len(ds) == len(GOOD)
     assert (ds.stats.total, ds.stats.skipped, ds.stats.truncated, ds.stats.text_only) == (17, 10, 1, 1)
     assert [b.record_id for b in ds.stats.skipped_records] == ["missing", "roles", "no-placeholder", "twice", "later",
@@ -178,20 +173,21 @@ def test_skip_bad_samples_drops_and_counts_them(files, tok, processor):
     assert list(ds.rows["record_id"]) == [str(r["id"]) for r in GOOD]
 
 
-def test_image_gone_after_the_scan_is_named(files, tok, processor, tmp_path):
+def test_image_gone_after_the_scan_is_named(files, tiny_tokenizer, processor, tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "x.png").write_bytes((files / "images" / "rgb.png").read_bytes())
     (tmp_path / "d.json").write_text(json.dumps([{"id": "x", "image": "x.png", "conversations": turns(("<image>\nq", "a"))}]))
-    ds = LlavaDataset(tmp_path / "d.json", tmp_path / "images", tok, processor, num_image_tokens=N_IMG, cache_dir=tmp_path / "hf")
+    ds = LlavaDataset(tmp_path / "d.json", tmp_path / "images", tiny_tokenizer, processor, num_image_tokens=N_IMG,
+                      cache_dir=tmp_path / "hf")
     (tmp_path / "images" / "x.png").unlink()
     with pytest.raises(BadRecordError, match=r"^bad record x in .*d\.json: cannot read image .*x\.png: "):
         ds[0]
 
 
-def test_tokenisation_is_cached_by_datasets(files, tok, processor):
-    make(files, tok, processor)
+def test_tokenisation_is_cached_by_datasets(files, tiny_tokenizer, processor):
+    make(files, tiny_tokenizer, processor)
     before = sorted(p.name for p in (files / "hf").rglob("*.arrow"))
-    make(files, tok, processor)
+    make(files, tiny_tokenizer, processor)
     assert sorted(p.name for p in (files / "hf").rglob("*.arrow")) == before
 
 
@@ -225,7 +221,7 @@ def test_check_lists_every_bad_record(files, tiny_ckpts, capsys):
     assert out[-1] == f"{files / 'mixed.json'}: 17 records, 10 bad, 1 text-only, 1 truncated to model_max_length={MAX_LEN}"
 
 
-def test_check_prepares_a_raw_vicuna_tokenizer_as_training_does(files, tok, tiny_ckpts, tmp_path, capsys):
+def test_check_prepares_a_raw_vicuna_tokenizer_as_training_does(files, tiny_tokenizer, tiny_ckpts, tmp_path, capsys):
     """A hand-downloaded Vicuna tokenizer has no <image>: the check adds it (prepare_tokenizer) as training does, so
     the placeholder counts as one token, not as the pieces its text splits into."""
     raw = tmp_path / "vicuna"
@@ -238,7 +234,7 @@ def test_check_prepares_a_raw_vicuna_tokenizer_as_training_does(files, tok, tiny
     record = GOOD[0]
     # Exactly model_max_length long with <image> as one token (one image token per image): split into its
     # pieces, the record would be longer and lose its answer.
-    length = len(tokenize_conversation(record_messages(record)[0], tok, "vicuna_v1").input_ids)
+    length = len(tokenize_conversation(record_messages(record)[0], tiny_tokenizer, "vicuna_v1").input_ids)
     one = tmp_path / "one.json"
     one.write_text(json.dumps([record]))
     argv = [str(one), "--image-dir", str(files / "images"), "--max-length", str(length), "--num-image-tokens", "1"]

@@ -11,16 +11,6 @@ from vitsplit_vlm.vision import split_preset
 K = 4
 
 
-@pytest.fixture(scope="module")
-def processor(tiny_ckpts) -> VitSplitLlavaProcessor:
-    return VitSplitLlavaProcessor.from_components(tiny_ckpts["clip"], tiny_ckpts["llama"])
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_ckpts):
-    return AutoTokenizer.from_pretrained(tiny_ckpts["llama"])
-
-
 def _pixels(tiny_ckpts, *images) -> torch.Tensor:
     return AutoImageProcessor.from_pretrained(tiny_ckpts["clip"])(images=list(images), return_tensors="pt")["pixel_values"]
 
@@ -30,38 +20,38 @@ def _image(seed: int, size=(40, 30)) -> Image.Image:
     return Image.fromarray(torch.randint(0, 256, (size[1], size[0], 3), generator=gen, dtype=torch.uint8).numpy())
 
 
-def test_one_image_expands_to_num_image_tokens(processor, tokenizer, tiny_ckpts):
+def test_one_image_expands_to_num_image_tokens(tiny_processor, tiny_tokenizer, tiny_ckpts):
     image = _image(0)
-    out = processor(text="<image>\nwhat colour is it?", images=image)
-    img = tokenizer.convert_tokens_to_ids("<image>")
-    plain = tokenizer("<image>\nwhat colour is it?")["input_ids"]
+    out = tiny_processor(text="<image>\nwhat colour is it?", images=image)
+    img = tiny_tokenizer.convert_tokens_to_ids("<image>")
+    plain = tiny_tokenizer("<image>\nwhat colour is it?")["input_ids"]
     at = plain.index(img)
     assert out["input_ids"][0].tolist() == plain[:at] + [img] * K + plain[at + 1:]
     assert out["attention_mask"].tolist() == [[1] * (len(plain) + K - 1)]
     torch.testing.assert_close(out["pixel_values"], _pixels(tiny_ckpts, image), rtol=0, atol=0)
-    assert processor.num_image_tokens == K == processor.image_size[0] // 14 * (processor.image_size[1] // 14)
+    assert tiny_processor.num_image_tokens == K == tiny_processor.image_size[0] // 14 * (tiny_processor.image_size[1] // 14)
 
 
-def test_batch_is_left_padded_with_images_in_text_order(processor, tokenizer, tiny_ckpts):
+def test_batch_is_left_padded_with_images_in_text_order(tiny_processor, tiny_tokenizer, tiny_ckpts):
     images = [_image(1), _image(2), _image(3)]
     texts = ["<image> and <image> which is bigger?", "hi", "<image>"]
-    out = processor(text=texts, images=[images[:2], [], images[2:]])  # one list per sample, as a collator has them
-    rows = [tokenizer(t)["input_ids"] for t in texts]
-    lengths = [len(r) + r.count(processor.image_token_id) * (K - 1) for r in rows]
+    out = tiny_processor(text=texts, images=[images[:2], [], images[2:]])  # one list per sample, as a collator has them
+    rows = [tiny_tokenizer(t)["input_ids"] for t in texts]
+    lengths = [len(r) + r.count(tiny_processor.image_token_id) * (K - 1) for r in rows]
     width = max(lengths)
     assert out["input_ids"].shape == (3, width)
     assert out["attention_mask"].tolist() == [[0] * (width - n) + [1] * n for n in lengths]
-    assert (out["input_ids"][out["attention_mask"] == 0] == tokenizer.pad_token_id).all()
-    assert (out["input_ids"] == processor.image_token_id).sum() == 3 * K
+    assert (out["input_ids"][out["attention_mask"] == 0] == tiny_tokenizer.pad_token_id).all()
+    assert (out["input_ids"] == tiny_processor.image_token_id).sum() == 3 * K
     torch.testing.assert_close(out["pixel_values"], _pixels(tiny_ckpts, *images), rtol=0, atol=0)
-    right = processor(text=texts, images=images, padding_side="right")
+    right = tiny_processor(text=texts, images=images, padding_side="right")
     assert right["attention_mask"].tolist() == [[1] * n + [0] * (width - n) for n in lengths]
 
 
-def test_text_only_batch_has_no_pixel_values(processor, tokenizer):
-    out = processor(text=["a red circle", "two"])
+def test_text_only_batch_has_no_pixel_values(tiny_processor, tiny_tokenizer):
+    out = tiny_processor(text=["a red circle", "two"])
     assert "pixel_values" not in out
-    assert out["input_ids"][1, -1].item() == tokenizer("two")["input_ids"][-1]
+    assert out["input_ids"][1, -1].item() == tiny_tokenizer("two")["input_ids"][-1]
 
 
 @pytest.mark.parametrize(
@@ -72,28 +62,28 @@ def test_text_only_batch_has_no_pixel_values(processor, tokenizer):
         ("<image> what is this?", 0, "The text has 1 '<image>' placeholder(s) but 0 image(s) were given"),
     ],
 )
-def test_placeholder_count_mismatch_is_a_clear_error(processor, text, num_images, message):
+def test_placeholder_count_mismatch_is_a_clear_error(tiny_processor, text, num_images, message):
     with pytest.raises(ValueError) as err:
-        processor(text=text, images=[_image(i) for i in range(num_images)] or None)
+        tiny_processor(text=text, images=[_image(i) for i in range(num_images)] or None)
     assert str(err.value) == (
         f"{message}; put '<image>' in the text exactly once per image, in the order the images are passed."
     )
 
 
-def test_truncation_never_cuts_image_tokens(processor, tokenizer):
+def test_truncation_never_cuts_image_tokens(tiny_processor, tiny_tokenizer):
     text = "a b c d e f <image>"
-    n = len(tokenizer(text)["input_ids"]) + K - 1
+    n = len(tiny_tokenizer(text)["input_ids"]) + K - 1
     with pytest.raises(ValueError) as err:
-        processor(text=text, images=_image(0), truncation=True, max_length=n - 2)
+        tiny_processor(text=text, images=_image(0), truncation=True, max_length=n - 2)
     assert str(err.value) == (
         f"Truncating sample 0 ({n} tokens) to max_length={n - 2} would cut its image tokens (2 of 4 kept); "
         "raise max_length or shorten the text."
     )
-    kept = processor(text="<image> a b c d e f g h", images=_image(0), truncation=True, max_length=K + 3)
-    assert kept["input_ids"].shape == (1, K + 3) and (kept["input_ids"] == processor.image_token_id).sum() == K
+    kept = tiny_processor(text="<image> a b c d e f g h", images=_image(0), truncation=True, max_length=K + 3)
+    assert kept["input_ids"].shape == (1, K + 3) and (kept["input_ids"] == tiny_processor.image_token_id).sum() == K
 
 
-def test_any_mode_and_size_becomes_rgb(processor, tiny_ckpts):
+def test_any_mode_and_size_becomes_rgb(tiny_processor, tiny_ckpts):
     white = Image.new("RGB", (30, 30), (255, 255, 255))
     transparent = Image.new("RGBA", (30, 30), (255, 0, 0, 0))
     gray = Image.new("L", (30, 20), 77)
@@ -101,12 +91,12 @@ def test_any_mode_and_size_becomes_rgb(processor, tiny_ckpts):
     palette.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
     palette.info["transparency"] = 0
     tiny = Image.new("RGB", (1, 1), (10, 200, 30))
-    out = processor(text=["<image>"] * 5, images=[transparent, palette, gray, tiny, Image.new("LA", (3, 1))])
+    out = tiny_processor(text=["<image>"] * 5, images=[transparent, palette, gray, tiny, Image.new("LA", (3, 1))])
     assert out["pixel_values"].shape == (5, 3, 28, 28)
     reference = _pixels(tiny_ckpts, white, white, Image.new("RGB", (30, 20), (77, 77, 77)), tiny)
     torch.testing.assert_close(out["pixel_values"][:4], reference, rtol=0, atol=0)
     with pytest.raises(TypeError, match=r"^image 0 is a Tensor, not a PIL image; open it with PIL\.Image\.open\.$"):
-        processor(text="<image>", images=[torch.zeros(3, 8, 8)])
+        tiny_processor(text="<image>", images=[torch.zeros(3, 8, 8)])
 
 
 def test_pad_to_square_keeps_the_whole_image(tiny_ckpts):
@@ -118,14 +108,16 @@ def test_pad_to_square_keeps_the_whole_image(tiny_ckpts):
     torch.testing.assert_close(processor.preprocess_images([wide]), _pixels(tiny_ckpts, square), rtol=0, atol=0)
 
 
-def test_chat_templates_come_from_conversation(processor, tokenizer):
+def test_chat_templates_come_from_conversation(tiny_processor, tiny_tokenizer):
     messages = [{"role": "user", "content": "<image>\nwhat shape is it?"}]
     for template in ("plain", "vicuna_v1"):
-        assert processor.apply_chat_template(messages, template=template) == render_prompt(messages, tokenizer, template)
-    out = processor.apply_chat_template([messages, messages], template="vicuna_v1", tokenize=True, images=[_image(0), _image(1)])
-    ids = encode_prompt(messages, tokenizer, "vicuna_v1")
-    at = ids.index(processor.image_token_id)
-    assert out["input_ids"][0].tolist() == ids[:at] + [processor.image_token_id] * K + ids[at + 1:]
+        assert tiny_processor.apply_chat_template(messages, template=template) == render_prompt(
+            messages, tiny_tokenizer, template)
+    out = tiny_processor.apply_chat_template([messages, messages], template="vicuna_v1", tokenize=True,
+                                             images=[_image(0), _image(1)])
+    ids = encode_prompt(messages, tiny_tokenizer, "vicuna_v1")
+    at = ids.index(tiny_processor.image_token_id)
+    assert out["input_ids"][0].tolist() == ids[:at] + [tiny_processor.image_token_id] * K + ids[at + 1:]
     assert out["pixel_values"].shape == (2, 3, 28, 28)
 
 
@@ -142,14 +134,14 @@ def test_tokenizer_chat_template_gets_a_single_bos(tiny_ckpts, tmp_path):
     assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
 
 
-def test_save_load_through_auto_processor(processor, tmp_path):
-    custom = VitSplitLlavaProcessor(processor.image_processor, processor.tokenizer, patch_size=14, pad_to_square=True,
-                                    padding_side="right")
+def test_save_load_through_auto_processor(tiny_processor, tmp_path):
+    custom = VitSplitLlavaProcessor(tiny_processor.image_processor, tiny_processor.tokenizer, patch_size=14,
+                                    pad_to_square=True, padding_side="right")
     custom.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, VitSplitLlavaProcessor)
     assert (loaded.patch_size, loaded.pad_to_square, loaded.padding_side) == (14, True, "right")
-    assert loaded.image_token_id == processor.image_token_id and loaded.image_size == (28, 28)
+    assert loaded.image_token_id == tiny_processor.image_token_id and loaded.image_size == (28, 28)
     image = _image(5, (50, 20))
     a, b = custom(text="<image> hi", images=image), loaded(text="<image> hi", images=image)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
