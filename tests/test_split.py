@@ -138,3 +138,20 @@ def test_unknown_tower_type_is_a_clear_error(tiny_ckpts):
         vision_config_of(config)
     with pytest.raises(ValueError, match=r"^Unknown split preset 'dinov3'\. Known presets: "):
         split_preset("dinov3")
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_full_clip_and_siglip_checkpoints_load_as_their_vision_tower(tmp_path, family):
+    """openai/clip-vit-large-patch14-336 (what LLaVA-1.5 uses) is a full text+vision checkpoint."""
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=28, patch_size=14)
+    text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
+    model_cls, config_cls = (CLIPModel, CLIPConfig) if family == "clip" else (SiglipModel, SiglipConfig)
+    full = model_cls(config_cls(vision_config=vision, text_config=text)).eval()
+    full.save_pretrained(tmp_path)
+    tower = load_tower(tmp_path)
+    pixels = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(pixels).last_hidden_state, full.vision_model(pixels).last_hidden_state, atol=0, rtol=0)
+    assert vision_config_of(tower.config).model_type == f"{family}_vision_model"
