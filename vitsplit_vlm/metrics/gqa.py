@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import EvalInputError, check_prediction_ids, load_json
+from .io import EvalInputError, check_prediction_ids, load_json, load_prediction_list
 
 
 def normalize_gqa_answer(answer: str) -> str:
@@ -54,20 +54,7 @@ def load_gqa_questions(path: str | Path) -> list[GQAQuestion]:
 
 def load_gqa_predictions(path: str | Path) -> dict[str, str]:
     """Official ``[{"questionId": str, "prediction": str}, ...]`` file -> {questionId: prediction}."""
-    data = load_json(path, "GQA predictions file")
-    if not isinstance(data, list):
-        raise EvalInputError(f"GQA predictions file {path} must be a JSON list of "
-                             '{"questionId": str, "prediction": str}, got ' + type(data).__name__ + ".")
-    preds: dict[str, str] = {}
-    for i, r in enumerate(data):
-        if not (isinstance(r, dict) and isinstance(r.get("questionId"), str) and isinstance(r.get("prediction"), str)):
-            raise EvalInputError(f"GQA predictions file {path}: record [{i}] must be "
-                                 f'{{"questionId": str, "prediction": str}}, got {r!r:.200}.')
-        if r["questionId"] in preds:
-            raise EvalInputError(f"GQA predictions file {path}: questionId {r['questionId']!r} is answered twice "
-                                 f"(record [{i}]). Keep one prediction per question.")
-        preds[r["questionId"]] = r["prediction"]
-    return preds
+    return load_prediction_list(path, "GQA predictions file", "questionId", str, "prediction")
 
 
 def score_gqa(predictions: Mapping[str, str], questions: list[GQAQuestion], source: str = "predictions") -> dict:

@@ -33,6 +33,24 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
         raise EvalInputError(f"{what} {path} is not valid JSON ({e}). Re-download or regenerate it.") from e
 
 
+def load_prediction_list(path: str | os.PathLike, what: str, id_key: str, id_type: type, answer_key: str) -> dict:
+    """An official predictions file ``[{id_key: id, answer_key: str}, ...]`` -> {id: answer}, one per question."""
+    schema = f'{{"{id_key}": {id_type.__name__}, "{answer_key}": str}}'
+    data = load_json(path, what)
+    if not isinstance(data, list):
+        raise EvalInputError(f"{what} {path} must be a JSON list of {schema}, got {type(data).__name__}.")
+    preds: dict = {}
+    for i, r in enumerate(data):
+        # type() rather than isinstance(): JSON's true/false must not pass as integer ids.
+        if not (isinstance(r, dict) and type(r.get(id_key)) is id_type and isinstance(r.get(answer_key), str)):
+            raise EvalInputError(f"{what} {path}: record [{i}] must be {schema}, got {r!r:.200}.")
+        if r[id_key] in preds:
+            raise EvalInputError(f"{what} {path}: {id_key} {r[id_key]!r} is answered twice (record [{i}]). "
+                                 f"Keep one {answer_key} per question.")
+        preds[r[id_key]] = r[answer_key]
+    return preds
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON to a temp file in the same directory, then os.replace it, so readers never see a partial file."""
     path = Path(path)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import EvalInputError, check_prediction_ids, load_json
+from .io import EvalInputError, check_prediction_ids, load_json, load_prediction_list
 
 # Official contractions table: keys are answers with the apostrophes left out. The capitalised keys can never
 # match (words are lowercased first) and "somebody'd" maps the "wrong" way; both kept as in the official table.
@@ -181,20 +181,7 @@ def load_vqav2_annotations(path: str | Path) -> dict[int, dict]:
 
 def load_vqav2_predictions(path: str | Path) -> dict[int, str]:
     """Submission-format file ``[{"question_id": int, "answer": str}, ...]`` -> {question_id: answer}."""
-    data = load_json(path, "VQAv2 predictions file")
-    if not isinstance(data, list):
-        raise EvalInputError(f"VQAv2 predictions file {path} must be a JSON list of "
-                             '{"question_id": int, "answer": str}, got ' + type(data).__name__ + ".")
-    preds: dict[int, str] = {}
-    for i, r in enumerate(data):
-        if not (isinstance(r, dict) and _is_int(r.get("question_id")) and isinstance(r.get("answer"), str)):
-            raise EvalInputError(f"VQAv2 predictions file {path}: record [{i}] must be "
-                                 f'{{"question_id": int, "answer": str}}, got {r!r:.200}.')
-        if r["question_id"] in preds:
-            raise EvalInputError(f"VQAv2 predictions file {path}: question_id {r['question_id']} is answered "
-                                 f"twice (record [{i}]). Keep one answer per question.")
-        preds[r["question_id"]] = r["answer"]
-    return preds
+    return load_prediction_list(path, "VQAv2 predictions file", "question_id", int, "answer")
 
 
 def score_vqav2(
