@@ -147,3 +147,20 @@ def test_lora_train_merge_matches_the_peft_model(components, data, tmp_path):
     assert (got - untrained).abs().max() > 1e-3  # the adapter did change the model
     assert (merged_dir / "processor_config.json").is_file()
     assert not (tmp_path / FINAL_DIR / STAGE1_WEIGHTS).exists()
+
+
+def test_tower_whose_processor_size_differs_from_its_config_trains(tiny_ckpts, data, tmp_path):
+    """facebook/dinov2-*: config image_size 518, processor crop 224. The dataset must expand <image> to the tokens
+    of the images the processor makes, not of the config's native size."""
+    import json
+    import shutil
+
+    tower = tmp_path / "dinov2_other_crop"
+    shutil.copytree(tiny_ckpts["dinov2"], tower)
+    processor = json.loads((tower / "preprocessor_config.json").read_text())
+    side = 2 * processor["crop_size"]["height"]  # the config's image_size stays; DINOv2 interpolates
+    processor.update(crop_size={"height": side, "width": side}, size={"shortest_edge": side})
+    (tower / "preprocessor_config.json").write_text(json.dumps(processor))
+    stage = _stage(train_parts=["projector", "prior_head"], data=DataConfig(template="plain"), max_steps=1)
+    result = _run("stage1", stage, Components(tower, tiny_ckpts["llama"]), data, tmp_path / "out", data_file="stage1")
+    assert _losses(result) and result.stage1_weights.is_file()

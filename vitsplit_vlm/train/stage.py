@@ -163,7 +163,7 @@ def run_stage(
     args = training_arguments(stage, output_dir, seed)
     logger.info("%s: %d process(es), %s", name, args.world_size, f"DeepSpeed {stage.deepspeed}" if stage.deepspeed else "no DeepSpeed")
     with args.main_process_first(desc=f"{name} dataset"):  # rank 0 tokenises and caches, the others reuse it
-        dataset = build_dataset(stage, data, processor, model.num_image_tokens, output_dir.parent / "cache")
+        dataset = build_dataset(stage, data, processor, processor.num_image_tokens, output_dir.parent / "cache")
     stats = dataset.stats
     logger.info(
         "%s data %s: %d records, %d used, %d skipped (bad), %d truncated to model_max_length=%d, %d text-only",
