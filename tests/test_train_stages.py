@@ -164,3 +164,20 @@ def test_tower_whose_processor_size_differs_from_its_config_trains(tiny_ckpts, d
     stage = _stage(train_parts=["projector", "prior_head"], data=DataConfig(template="plain"), max_steps=1)
     result = _run("stage1", stage, Components(tower, tiny_ckpts["llama"]), data, tmp_path / "out", data_file="stage1")
     assert _losses(result) and result.stage1_weights.is_file()
+
+
+def test_a_crash_while_saving_the_final_model_does_not_mark_the_stage_complete(tmp_path):
+    """save_pretrained writes config.json before the weights: a run killed in between must be redone on resume,
+    not skipped with a weightless final/."""
+    from vitsplit_vlm.train.stage import _save_output, stage_complete
+
+    class _CrashingTrainer:
+        def save_model(self, out_dir):
+            Path(out_dir).mkdir(parents=True)
+            (Path(out_dir) / "config.json").write_text("{}")
+            raise KeyboardInterrupt  # killed before the weights were written
+
+    stage = _stage(train_parts=["language_model"])
+    with pytest.raises(KeyboardInterrupt):
+        _save_output(_CrashingTrainer(), stage, tmp_path / "stage2")
+    assert not stage_complete(stage, tmp_path / "stage2")

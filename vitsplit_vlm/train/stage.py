@@ -11,6 +11,8 @@ Outputs under `<output_dir>/<stage>/`:
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,8 +187,18 @@ def run_stage(
 
 def _save_output(trainer: VitSplitTrainer, stage: StageConfig, output_dir: Path) -> None:
     if trains_language_model(stage):
-        trainer.save_model(str(output_dir / FINAL_DIR))  # HF format; gathered under ZeRO-3; adapter only for LoRA
-        logger.info("saved %s to %s", "LoRA adapter" if stage.lora.enabled else "model", output_dir / FINAL_DIR)
+        # Saved beside final/ and renamed in: config.json is written before the weights, so a run killed while
+        # saving would otherwise leave a final/ that resume takes for a finished stage (see stage_complete).
+        final, tmp = output_dir / FINAL_DIR, output_dir / f".{FINAL_DIR}.tmp"
+        if distributed.is_main_process():
+            shutil.rmtree(tmp, ignore_errors=True)
+        distributed.barrier()
+        trainer.save_model(str(tmp))  # HF format; gathered under ZeRO-3; adapter only for LoRA
+        distributed.barrier()
+        if distributed.is_main_process():
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        logger.info("saved %s to %s", "LoRA adapter" if stage.lora.enabled else "model", final)
     else:
         state = non_lm_trainable_state(trainer.model)  # collective under ZeRO-3: every rank gathers
         if distributed.is_main_process():
