@@ -156,3 +156,13 @@ def test_processor_feeds_the_model(tiny_ckpts, tower):
     inputs = processor(text=["<image> what is it?", "hello there"], images=[_image(7)])
     out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert out.shape == (2, inputs["input_ids"].shape[1] + 2)
+
+
+def test_image_processor_without_a_fixed_output_size_is_a_clear_error(tiny_processor):
+    import copy
+
+    processor = copy.deepcopy(tiny_processor)
+    processor.image_processor.do_center_crop = False
+    processor.image_processor.size = {"shortest_edge": 28}
+    with pytest.raises(ValueError, match=r"resizes to \{'shortest_edge': 28\} without a centre crop, so processed images have no fixed size"):
+        processor.num_image_tokens

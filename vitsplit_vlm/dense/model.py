@@ -203,6 +203,6 @@ def _read_weights(model_dir: str | Path, prefix: str) -> dict[str, torch.Tensor]
 
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same directory, so a crash never leaves a truncated checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: concurrent savers never share a file
     write(tmp)
     os.replace(tmp, path)

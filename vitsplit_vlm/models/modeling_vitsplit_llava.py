@@ -133,7 +133,8 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     @property
     def num_image_tokens(self) -> int:
-        """Visual tokens per image at the tower's native image size (what the processor expands `<image>` to)."""
+        """Visual tokens per image at the tower config's image size. `<image>` expands to the processor's
+        `num_image_tokens`, which differs when the image processor crops to another size (DINOv2: 224 vs 518)."""
         return self.vision.num_tokens()
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,12 @@ class VitSplitLlavaProcessor(ProcessorMixin):
         """(height, width) of processed images: the crop size when the image processor crops, else its resize size."""
         processor = self.image_processor
         size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
+        if "height" not in size or "width" not in size:
+            raise ValueError(
+                f"{type(processor).__name__} resizes to {dict(size)} without a centre crop, so processed images have "
+                "no fixed size and <image> no fixed token count: set do_center_crop with a crop_size, or a "
+                "{'height': H, 'width': W} size, in its preprocessor_config.json."
+            )
         return size["height"], size["width"]
 
     @property
