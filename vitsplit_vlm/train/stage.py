@@ -125,12 +125,12 @@ class _ImageTransform:
         return {"pixel_values": self.processor.preprocess_images([images])}
 
 
-def build_dataset(
-    stage: StageConfig, data: StageData, processor: VitSplitLlavaProcessor, num_image_tokens: int, cache_dir: Path
-) -> MixedDataset:
+def build_dataset(stage: StageConfig, data: StageData, processor: VitSplitLlavaProcessor, cache_dir: Path) -> MixedDataset:
+    """`<image>` expands to the processor's token count: its crop, not the tower config's size, sets the grid."""
     return MixedDataset([
         LlavaDataset(
-            path, data.image_folder, processor.tokenizer, _ImageTransform(processor), num_image_tokens=num_image_tokens,
+            path, data.image_folder, processor.tokenizer, _ImageTransform(processor),
+            num_image_tokens=processor.num_image_tokens,
             template=stage.data.template, model_max_length=stage.data.model_max_length,
             skip_bad_samples=stage.data.skip_bad_samples, cache_dir=cache_dir, num_proc=stage.data.num_proc,
         )
@@ -165,7 +165,7 @@ def run_stage(
     args = training_arguments(stage, output_dir, seed)
     logger.info("%s: %d process(es), %s", name, args.world_size, f"DeepSpeed {stage.deepspeed}" if stage.deepspeed else "no DeepSpeed")
     with args.main_process_first(desc=f"{name} dataset"):  # rank 0 tokenises and caches, the others reuse it
-        dataset = build_dataset(stage, data, processor, processor.num_image_tokens, output_dir.parent / "cache")
+        dataset = build_dataset(stage, data, processor, output_dir.parent / "cache")
     stats = dataset.stats
     logger.info(
         "%s data %s: %d records, %d used, %d skipped (bad), %d truncated to model_max_length=%d, %d text-only",
