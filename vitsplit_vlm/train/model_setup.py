@@ -18,7 +18,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..models import VitSplitLlavaForConditionalGeneration
 from ..models.loading import DTYPES
-from ..vision import ViTSplitConfig, split_preset
+from ..vision import ViTSplitConfig, resolve_split
 from .checkpoint import load_stage1_weights, stage1_weights_path
 from .config import ModelConfig, StageConfig
 from .lora import part_module_names
@@ -43,12 +43,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def split_config(model_cfg: ModelConfig) -> ViTSplitConfig:
-    """The named preset with `split_options` applied (unknown option names fail with the valid ones)."""
-    options = {**split_preset(model_cfg.split).to_dict(), **model_cfg.split_options}
-    unknown = sorted(set(options) - set(ViTSplitConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"model.split_options: unknown option(s) {', '.join(unknown)}; known: {', '.join(ViTSplitConfig.__dataclass_fields__)}.")
-    return ViTSplitConfig(**options)
+    return resolve_split(model_cfg.split, model_cfg.split_options)
 
 
 def fresh_model(model_cfg: ModelConfig, components: Components) -> VitSplitLlavaForConditionalGeneration:

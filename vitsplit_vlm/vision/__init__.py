@@ -1,8 +1,8 @@
-from .presets import SPLIT_PRESETS, split_preset
+from .presets import SPLIT_PRESETS, resolve_split, split_preset
 from .split import FeaturePyramid, ViTSplit, ViTSplitConfig, ViTSplitOutput, uniform_prior_layers
 from .towers import build_tower, load_tower, tower_family
 
 __all__ = [
-    "SPLIT_PRESETS", "split_preset", "FeaturePyramid", "ViTSplit", "ViTSplitConfig", "ViTSplitOutput",
+    "SPLIT_PRESETS", "resolve_split", "split_preset", "FeaturePyramid", "ViTSplit", "ViTSplitConfig", "ViTSplitOutput",
     "uniform_prior_layers", "build_tower", "load_tower", "tower_family",
 ]

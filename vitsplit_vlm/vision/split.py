@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from .deform import DeformConv3x3
 from .towers import TowerParts, run_block, tower_parts
 
 
@@ -38,6 +39,9 @@ class ViTSplitConfig:
     feature_layer: int = -1  # the tower's "own final features": blocks after it are never run
     fusion_dim: int | None = None  # channels of the fused map; None = the tower's hidden size (the paper's choice)
     use_split: bool = True  # False = plain LLaVA vision features (baseline)
+    # The paper's dense heads use a deformable 3x3 conv in the prior head and fusion net; the official LLaVA variant
+    # a plain one. Checkpoints of one variant do not load into the other.
+    deformable: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,14 +54,13 @@ class ViTSplitOutput(NamedTuple):
     prior_map: torch.Tensor | None
 
 
-def _conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
+def _conv_block(in_ch: int, out_ch: int, deformable: bool) -> nn.Sequential:
     """1x1 conv to mix channels, then a 3x3 conv for local context; GELU after each (the paper's head shape).
 
-    The paper uses a deformable 3x3 conv (mmcv); the LLaVA variant of the official code uses a plain one, as here.
+    The 3x3 conv is deformable (DCNv1, as the paper's dense heads) or plain (as the official LLaVA variant).
     """
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 1), nn.GELU(), nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.GELU()
-    )
+    local = DeformConv3x3(out_ch, out_ch) if deformable else nn.Conv2d(out_ch, out_ch, 3, padding=1)
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1), nn.GELU(), local, nn.GELU())
 
 
 def _resolve_layer(index: int, depth: int, what: str) -> int:
@@ -114,10 +117,24 @@ class ViTSplit(nn.Module):
         )
         # A trainable copy of the tower's own output norm (Identity for CLIP, whose patch features are un-normed).
         self.task_norm = copy.deepcopy(self.parts.feature_norm)
-        self.prior_head = _conv_block(len(self.prior_indices) * hidden, hidden)
-        self.fusion = _conv_block(2 * hidden, self.out_channels)
+        self.prior_head = _conv_block(len(self.prior_indices) * hidden, hidden, config.deformable)
+        self.fusion = _conv_block(2 * hidden, self.out_channels, config.deformable)
         self.task_blocks.requires_grad_(True)
         self.task_norm.requires_grad_(True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Refuse weights of the other 3x3-conv variant, even under strict=False (which would skip them silently)."""
+        head = [k for k in state_dict if k.startswith(f"{prefix}prior_head.")]
+        if head and self.prior_head is not None:
+            saved = any(k.startswith(f"{prefix}prior_head.2.offset.") for k in head)
+            if saved != self.config.deformable:
+                kind = {True: "deformable", False: "plain"}
+                raise ValueError(
+                    f"These weights hold the {kind[saved]} 3x3 prior/fusion conv but the split config asks for the "
+                    f"{kind[self.config.deformable]} one; set the split option deformable={str(saved).lower()} "
+                    "to load them."
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def init_task_head_from_tower(self) -> None:
         """Re-copy the task head from the tower, after the tower's weights were loaded into an existing module."""
