@@ -1,31 +1,11 @@
-"""Merge a LoRA stage's adapter into its base model; save one model in Hugging Face format (+ processor).
-
-    python scripts/merge_lora.py --model OUT/stage2/base_model --adapter OUT/stage2/final --out OUT/merged
-
-The adapter's LoRA deltas are added into the LM weights and the fully trained projector/heads it carries replace
-the base model's (peft's `merge_and_unload`); the result loads with `VitSplitLlavaForConditionalGeneration
-.from_pretrained(OUT/merged)` and needs no peft.
-"""
-import argparse
+"""Merge a LoRA stage's adapter into its base model; the code is `vitsplit_vlm.train.merge_lora`
+(installed: `vitsplit-merge-lora`)."""
 import os
 import sys
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything loads from local dirs
 
-from vitsplit_vlm.train.model_setup import merge_lora_dirs  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="base model dir (a LoRA stage's base_model/)")
-    parser.add_argument("--adapter", type=Path, required=True, help="adapter dir (a LoRA stage's final/)")
-    parser.add_argument("--out", type=Path, required=True, help="where to write the merged model")
-    args = parser.parse_args(argv)
-    merge_lora_dirs(args.model, args.adapter, args.out)
-    print(f"merged {args.adapter} into {args.model} -> {args.out}")
-    return 0
-
+from vitsplit_vlm.train.merge_lora import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,8 +15,8 @@ CONFIGS = ROOT / "configs"
 
 
 @pytest.fixture(autouse=True)
-def _repo_root(monkeypatch):
-    monkeypatch.chdir(ROOT)  # configs name their DeepSpeed JSON relative to the repository root
+def _elsewhere(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # shipped configs name their DeepSpeed JSON by name, valid from any directory
 
 
 def _load(name: str, *overrides: str) -> RunConfig:
@@ -56,7 +56,8 @@ def test_recipe_configs_match_the_paper(tmp_path):
         (["stage2.lora.enabled=true"], r"^stage2: lora\.enabled trains the language model through LoRA adapters; remove 'language_model' from train_parts"),
         (["stage1.train_parts=[]"], r"^stage1: nothing to train: train_parts is empty and LoRA is off\.$"),
         (["stage1.data.template=llava"], r"^stage1\.data\.template='llava'; choose one of plain, vicuna_v1, chat_template\.$"),
-        (["stage1.deepspeed=configs/deepspeed/zero9.json"], r"^stage1\.deepspeed: DeepSpeed config configs/deepspeed/zero9\.json does not exist\.$"),
+        (["stage1.deepspeed=configs/deepspeed/zero9.json"], r"^stage1\.deepspeed: DeepSpeed config configs/deepspeed/zero9\.json does not exist; give a JSON file or a shipped name \(zero2, zero3, zero3_offload\)\.$"),
+        (["stage1.deepspeed=zero9"], r"^stage1\.deepspeed: DeepSpeed config zero9 does not exist; give a JSON file"),
         (["stage2.data.train_json=x.json"], r"^stage2\.data\.image_folder: required with train_json"),
         (["stage1=null", "stage2=null"], r"^the config defines no stage"),
         (["model.dtype=bfloat16", "stage2.deepspeed=null"], r"^model\.dtype=bfloat16 without DeepSpeed would train stage2 in pure bfloat16"),

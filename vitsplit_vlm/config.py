@@ -1,12 +1,18 @@
-"""Dataclass run configs from `configs/*.yaml`, with dotted `key=value` overrides from the command line.
+"""Dataclass run configs from YAML files, with dotted `key=value` overrides from the command line.
 
-    cfg = load_config(TrainConfig, "configs/stage2_lora.yaml", ["train.learning_rate=1e-4", "lora.r=16"])
+    cfg = load_config(TrainConfig, "stage2_lora", ["train.learning_rate=1e-4", "lora.r=16"])
+    cfg = load_config(TrainConfig, "my_runs/stage2.yaml")
+
+The configs shipped with the package (`vitsplit_vlm/configs/*.yaml`, DeepSpeed JSONs in `configs/deepspeed/`) are
+package data, so an installed wheel can name them (`--config stage2_lora`, `deepspeed: zero3`) from any directory;
+a path to a file of one's own works everywhere a name does.
 
 A typo in a YAML key or an override is an error naming the key and the valid ones: a misspelt option that is
 silently ignored costs a whole training run.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -16,6 +22,50 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+_SHIPPED_KINDS = {"run": ("", ".yaml"), "deepspeed": ("deepspeed", ".json")}
+
+
+def shipped_config_names(kind: str = "run") -> list[str]:
+    """Names of the shipped configs of `kind` ("run": YAML run configs, "deepspeed": DeepSpeed JSONs)."""
+    folder, suffix = _SHIPPED_KINDS[kind]
+    return sorted(p.name[: -len(suffix)] for p in (SHIPPED_CONFIGS / folder).glob(f"*{suffix}"))
+
+
+def resolve_config(value: str | Path, kind: str = "run") -> Path:
+    """A config given as a file path, or as the name of a shipped one (`stage2_lora`, `zero3`); a file wins.
+
+    Raises FileNotFoundError naming the value and the shipped names.
+    """
+    path = Path(value)
+    if path.is_file():
+        return path
+    folder, suffix = _SHIPPED_KINDS[kind]
+    if path.name == str(value) and not path.suffix:
+        shipped = SHIPPED_CONFIGS / folder / f"{value}{suffix}"
+        if shipped.is_file():
+            return shipped
+    label = "DeepSpeed config" if kind == "deepspeed" else "Config"
+    raise FileNotFoundError(f"{label} {value} does not exist: give a {suffix} file or a shipped name "
+                            f"({', '.join(shipped_config_names(kind))}).")
+
+
+def config_argument(value: str) -> Path:
+    """argparse `type=` of every `--config`: a bad value is a usage error (exit 2) listing the shipped names."""
+    try:
+        return resolve_config(value)
+    except FileNotFoundError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def shipped_deepspeed(value: str | None) -> str | None:
+    """A `deepspeed:` option as the Trainer takes it: a shipped name becomes its file, anything else stays as given
+    (so the config checks can report a missing file with the option's name)."""
+    try:
+        return value and str(resolve_config(value, "deepspeed"))
+    except FileNotFoundError:
+        return value
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -96,11 +146,10 @@ def _coerce(annotation: Any, value: Any, where: str) -> Any:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """`cls` from a YAML file (a path or a shipped config's name; None: the dataclass defaults) plus overrides."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Config file {path} does not exist.")
+        path = resolve_config(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
 
+from ..config import shipped_deepspeed
 from ..train.distributed import init_distributed
 from ..train.logs import RunLogCallback, setup_logging
 from ..train.optim import grouped_param_groups
@@ -43,9 +44,12 @@ class DenseTrainingConfig:
     save_steps: int = 0  # 0: no intermediate Trainer checkpoints, only the final save_pretrained
     dataloader_num_workers: int = 0
     bf16: bool = False
-    deepspeed: str | None = None  # e.g. configs/deepspeed/zero2.json
+    deepspeed: str | None = None  # a DeepSpeed JSON path or shipped name, e.g. zero2
     seed: int = 0
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+    def __post_init__(self) -> None:
+        self.deepspeed = shipped_deepspeed(self.deepspeed)
 
 
 @dataclass
@@ -152,7 +156,7 @@ def _check_deepspeed_stage(path: str | None) -> None:
     if path and json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0) == 3:
         raise ValueError(
             f"{path}: ZeRO-3 partitions the weights, which the sliding-window evaluation and save_pretrained read "
-            "whole; dense models are small, use ZeRO-2 (configs/deepspeed/zero2.json)."
+            "whole; dense models are small, use ZeRO-2 (deepspeed: zero2)."
         )
 
 

@@ -1,14 +1,16 @@
 """Run configuration of `scripts/train_vqa.py`: which parts train in each stage, on what data, with which recipe.
 
 A run has up to two stages (`stage1`: alignment, `stage2`: instruction tuning) and an optional evaluation; a
-config file fills only the sections it uses (`configs/stage1_align.yaml` only `stage1`, `configs/demo.yaml` all
-of them). Everything is checked by :func:`check_run_config` before any model is built, so a wrong part name or a
-LoRA/LM clash fails in a second rather than after the model loads.
+config file fills only the sections it uses (the shipped `stage1_align` only `stage1`, `demo` all of them).
+Everything is checked by :func:`check_run_config` before any model is built, so a wrong part name or a LoRA/LM
+clash fails in a second rather than after the model loads.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..config import shipped_config_names, shipped_deepspeed
 
 TRAIN_PARTS = ("task_head", "prior_head", "projector", "language_model")
 TEMPLATES = ("plain", "vicuna_v1", "chat_template")
@@ -84,13 +86,16 @@ class StageConfig:
     logging_steps: int = 1
     save_steps: int = 500
     save_total_limit: int | None = 1
-    deepspeed: str | None = None  # a DeepSpeed JSON (configs/deepspeed/*.json); None = plain Trainer
+    deepspeed: str | None = None  # a DeepSpeed JSON path or shipped name (zero2, zero3, zero3_offload); None = plain Trainer
     bf16: bool = False
     gradient_checkpointing: bool = False
     group_by_length: bool = False  # LLaVA's group_by_modality_length, through the Trainer's length grouping
     dataloader_num_workers: int = 0
     resume: bool = False  # continue from the latest checkpoint-* in this stage's output dir
     trainer_args: dict = field(default_factory=dict)  # any other TrainingArguments, e.g. {tf32: true} on Ampere GPUs
+
+    def __post_init__(self) -> None:
+        self.deepspeed = shipped_deepspeed(self.deepspeed)
 
 
 @dataclass
@@ -167,7 +172,8 @@ def _check_stage(name: str, stage: StageConfig) -> None:
     if stage.data.template not in TEMPLATES:
         raise ConfigError(f"{name}.data.template={stage.data.template!r}; choose one of {', '.join(TEMPLATES)}.")
     if stage.deepspeed and not Path(stage.deepspeed).is_file():
-        raise ConfigError(f"{name}.deepspeed: DeepSpeed config {stage.deepspeed} does not exist.")
+        raise ConfigError(f"{name}.deepspeed: DeepSpeed config {stage.deepspeed} does not exist; give a JSON file or "
+                          f"a shipped name ({', '.join(shipped_config_names('deepspeed'))}).")
     if stage.init_from and not Path(stage.init_from).exists():
         raise ConfigError(f"{name}.init_from: {stage.init_from} does not exist (expected a stage-1 output).")
     if stage.max_steps <= 0 and stage.num_train_epochs <= 0:

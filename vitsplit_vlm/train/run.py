@@ -1,8 +1,12 @@
-"""`scripts/train_vqa.py`: stage 1 (alignment) and/or stage 2 (instruction tuning), then held-out evaluation.
+"""`vitsplit-train` / `scripts/train_vqa.py`: stage 1 (alignment) and/or stage 2 (instruction tuning), then
+held-out evaluation.
 
-    deepspeed scripts/train_vqa.py                                  # embedded default: configs/demo.yaml
-    python scripts/train_vqa.py --config configs/stage1_align.yaml --vision_tower DIR --language_model DIR
-    deepspeed --num_gpus 8 scripts/train_vqa.py --config configs/stage2_instruct.yaml stage2.init_from=DIR ...
+    deepspeed scripts/train_vqa.py                                  # embedded default: the shipped `demo` config
+    python scripts/train_vqa.py --config stage1_align --vision_tower DIR --language_model DIR
+    deepspeed --num_gpus 8 scripts/train_vqa.py --config stage2_instruct stage2.init_from=DIR ...
+    deepspeed --module vitsplit_vlm.train.run --config my_run.yaml  # installed package, no clone
+
+`--config` takes a YAML path or a shipped config's name (demo, stage1_align, stage2_instruct, stage2_lora).
 
 Positional `key=value` arguments override the YAML (`stage2.max_steps=100`, `stage1.learning_rate=1e-3`). With no
 `vision_tower`/`language_model`, tiny random checkpoints are built into the output dir; with no `train_json`, the
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import load_config, to_dict
+from ..config import config_argument, load_config, shipped_config_names, to_dict
 from . import distributed
 from .config import RunConfig, StageConfig, check_run_config, stages
 from .evaluate import evaluate_stage
@@ -29,12 +33,14 @@ from .stage import StageData, run_stage, stage_complete, trains_language_model
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEFAULT_CONFIG = "demo"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="run config YAML (default: %(default)s)")
+    parser.add_argument("--config", type=config_argument, default=DEFAULT_CONFIG,
+                        help="run config: a YAML file or a shipped name (%s; default: %%(default)s)"
+                        % ", ".join(shipped_config_names()))
     parser.add_argument("--vision_tower", help="vision tower checkpoint dir (overrides model.vision_tower)")
     parser.add_argument("--language_model", help="LM + tokenizer checkpoint dir (overrides model.language_model)")
     parser.add_argument("--output_dir", help="overrides output_dir")
@@ -139,3 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.barrier()
     logger.info("done in %.0f s", time.time() - start)
     return 0
+
+
+if __name__ == "__main__":  # `deepspeed --module vitsplit_vlm.train.run` / `python -m vitsplit_vlm.train.run`
+    raise SystemExit(main())

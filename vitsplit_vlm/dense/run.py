@@ -1,0 +1,43 @@
+"""Train a segmentation or depth head on a ViT-Split module (HF Trainer; plain python, accelerate or DeepSpeed).
+
+    vitsplit-train-dense --task seg                                 # synthetic ADE20K-layout set, tiny demo tower
+    python scripts/train_dense.py --task depth train.max_steps=500  # dotted key=value overrides
+    python scripts/train_dense.py --config dense_seg --init-from-vlm runs/vlm/final
+    deepspeed --num_gpus 2 scripts/train_dense.py --task seg --deepspeed zero2
+
+Writes <output_dir>/model (config.json + model.safetensors), metrics.json, train.log, loss_curve.png and
+TensorBoard events, and prints the validation metrics (sliding-window inference).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import config_argument, load_config
+from .train import DenseRunConfig, train
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=["seg", "depth"], help="sets model.task; default config: the shipped dense_<task>")
+    parser.add_argument("--config", type=config_argument, help="run config: a YAML file or a shipped name (dense_seg, dense_depth)")
+    parser.add_argument("--init-from-vlm", help="VLM checkpoint dir whose split module (tower + heads) to train on")
+    parser.add_argument("--deepspeed", help="DeepSpeed JSON file or shipped name (zero2)")
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
+    args = parser.parse_args(argv)
+    if not (args.task or args.config):
+        parser.error("give --task seg|depth or --config FILE")
+    overrides = [f"model.task={args.task}"] if args.task else []
+    if args.init_from_vlm:
+        overrides.append(f"init_from_vlm={args.init_from_vlm}")
+    if args.deepspeed:
+        overrides.append(f"train.deepspeed={args.deepspeed}")
+    cfg = load_config(DenseRunConfig, args.config or f"dense_{args.task}", overrides + args.overrides)
+    metrics = train(cfg)
+    if metrics:
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
