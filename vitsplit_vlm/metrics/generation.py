@@ -1,4 +1,5 @@
-"""The only model-facing part of the evaluation: batched greedy answers to (image, question) pairs.
+"""The only model-facing part of the evaluation: greedy answers to (image, question) pairs, through
+`vitsplit_vlm.models.generation.generate_replies` (one vision pass and prefix prefill per image).
 
 The prompt is LLaVA-1.5's VQA prompt, ``"<image>\\n{question}\\n{instruction}"`` as the user turn, rendered with the
 chat template the checkpoint was trained with (``config.conversation_template``, else vicuna_v1, as the chat CLI
@@ -11,11 +12,11 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from ..conversation import IMAGE_TOKEN
-from ..models.loading import DEFAULT_TEMPLATE, load_for_inference, to_model
+from ..models.generation import generate_replies
+from ..models.loading import DEFAULT_TEMPLATE, load_for_inference
 from .io import EvalInputError
 from .runner import Answerer
 
@@ -24,28 +25,6 @@ def vqa_messages(question: str, instruction: str) -> list[dict[str, str]]:
     """One user turn: image first, then the question, then the answer-format instruction (if any)."""
     text = f"{IMAGE_TOKEN}\n{question}" + (f"\n{instruction}" if instruction else "")
     return [{"role": "user", "content": text}]
-
-
-@torch.inference_mode()
-def answer_conversations(
-    model,
-    processor,
-    images: Sequence[Image.Image],
-    conversations: Sequence[list[dict[str, str]]],
-    *,
-    template: str = DEFAULT_TEMPLATE,
-    max_new_tokens: int = 16,
-) -> list[str]:
-    """Greedy replies to conversations that end with a user turn, as a left-padded batch; the decoded
-    continuation only, whitespace-stripped. Shared with the post-training evaluation, which prompts with the
-    records' own user turns."""
-    inputs = processor.apply_chat_template(list(conversations), template=template, tokenize=True, images=list(images),
-                                           padding_side="left")
-    inputs = to_model(inputs, model)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=processor.tokenizer.pad_token_id)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
-    return [t.strip() for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 def answer_batch(
@@ -58,10 +37,11 @@ def answer_batch(
     template: str = DEFAULT_TEMPLATE,
     max_new_tokens: int = 16,
 ) -> list[str]:
-    """Greedy answers to VQA questions, each prompted as `vqa_messages` writes it."""
+    """Greedy answers to VQA questions, each prompted as `vqa_messages` writes it, in one prefix-shared batch
+    (`generate_replies`: the caller sizes the batch, keeping an image's questions together)."""
     conversations = [vqa_messages(q, instruction) for q in questions]
-    return answer_conversations(model, processor, images, conversations, template=template,
-                                max_new_tokens=max_new_tokens)
+    return generate_replies(model, processor, images, conversations, template=template,
+                            max_new_tokens=max_new_tokens, batch_size=max(len(questions), 1))
 
 
 def load_answerer(

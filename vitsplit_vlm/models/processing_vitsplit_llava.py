@@ -159,6 +159,15 @@ class VitSplitLlavaProcessor(ProcessorMixin):
         options.update(kwargs)
         return self._encode(ids, images, **options)
 
+    def prompt_ids(self, conversations: Sequence[Messages], template: Template = "vicuna_v1") -> list[list[int]]:
+        """Unpadded ids of each prompt, `<image>` expanded to `num_image_tokens`: the rows `apply_chat_template(
+        tokenize=True)` pads, without processing images (a caller that shares one image between prompts
+        processes it once, with `preprocess_images`)."""
+        return [self._expand(encode_prompt(c, self.tokenizer, template), self.num_image_tokens) for c in conversations]
+
+    def _expand(self, ids: list[int], per_image: int) -> list[int]:
+        return expand_image_tokens(ids, [IGNORE_INDEX] * len(ids), self.image_token_id, per_image)[0]
+
     def _encode(
         self,
         ids: list[list[int]],
@@ -181,7 +190,7 @@ class VitSplitLlavaProcessor(ProcessorMixin):
         if flat:
             data["pixel_values"] = self.preprocess_images(flat)
             per_image = math.prod(math.ceil(s / self.patch_size) for s in data["pixel_values"].shape[-2:])
-        ids = [expand_image_tokens(row, [IGNORE_INDEX] * len(row), self.image_token_id, per_image)[0] for row in ids]
+        ids = [self._expand(row, per_image) for row in ids]
         if truncation:
             ids = self._truncate(ids, max_length or self.tokenizer.model_max_length)
         padded = self.tokenizer.pad(

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from ..conversation import Message, Template
 from ..data.llava_json import record_messages
-from ..metrics.generation import answer_conversations
 from ..metrics.vqa import exact_match
+from ..models.generation import generate_replies
 from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
 from .config import RunConfig, StageConfig
 from .model_setup import Components
@@ -60,9 +60,11 @@ def load_eval_records(val_json: Path, image_folder: Path, limit: int | None = No
 def generate_answers(
     model, processor, records: list[EvalRecord], template: Template, batch_size: int, max_new_tokens: int
 ) -> dict[str, str]:
-    """Greedy answers, batched (`answer_conversations`: left-padded prompts, inputs moved by `to_model`)."""
+    """Greedy answers, `batch_size` records at a time through `generate_replies` (records about one image share
+    its vision pass and prompt prefix within a batch)."""
     model.eval()
     answers = {}
+    records = sorted(records, key=lambda r: str(r.image))  # an image's questions in the same batches
     for start in tqdm(range(0, len(records), batch_size), desc="evaluating", unit="batch"):
         batch = records[start:start + batch_size]
         images = []
@@ -70,8 +72,8 @@ def generate_answers(
             with Image.open(record.image) as image:
                 image.load()
                 images.append(image)
-        texts = answer_conversations(model, processor, images, [[r.question] for r in batch], template=template,
-                                     max_new_tokens=max_new_tokens)
+        texts = generate_replies(model, processor, images, [[r.question] for r in batch], template=template,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
         answers.update((record.record_id, text) for record, text in zip(batch, texts))
     return answers
 
