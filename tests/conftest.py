@@ -8,6 +8,39 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "real_shape: paper-sized model shapes (CLIP-L/336, SigLIP so400m, DINOv2-L, a 7B-wide LM); "
+        "minutes, not seconds; CI runs them (deselect with -m 'not real_shape')",
+    )
+
+
+@pytest.fixture(scope="module")
+def gloo_rank():
+    """One in-process gloo rank (torch.distributed + deepspeed.comm) for a module's DeepSpeed engines / zero.Init;
+    torn down so later tests see a plain process. Use with `pytestmark = pytest.mark.usefixtures("gloo_rank")`."""
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from vitsplit_vlm.train.distributed import init_distributed
+
+    saved = {key: os.environ.get(key) for key in _DIST_ENV}
+    init_distributed(use_deepspeed=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    unset_hf_deepspeed_config()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
 
 @pytest.fixture(scope="session")
 def tiny_ckpts(tmp_path_factory) -> dict[str, Path]:

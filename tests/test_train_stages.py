@@ -1,6 +1,5 @@
 """Stages run in-process on the HF Trainer under DeepSpeed ZeRO-2 (one gloo rank): which parts train, the stage-1 ->
 stage-2 hand-off, resume equivalence, LoRA train -> merge."""
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,30 +15,7 @@ from vitsplit_vlm.train.config import DataConfig, LoraConfig, ModelConfig, Stage
 from vitsplit_vlm.train.model_setup import Components
 
 ZERO2 = str(Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero2.json")
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def gloo_rank():
-    """One gloo rank for this module's DeepSpeed engines; torn down so later tests see a plain process."""
-    import torch.distributed as dist
-    from accelerate.state import AcceleratorState
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    from vitsplit_vlm.train.distributed import init_distributed
-
-    saved = {key: os.environ.get(key) for key in _DIST_ENV}
-    init_distributed(use_deepspeed=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    unset_hf_deepspeed_config()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+pytestmark = pytest.mark.usefixtures("gloo_rank")
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ..conversation import IMAGE_TOKEN
 from ..vision import ViTSplit, ViTSplitConfig, build_tower, load_tower
+from ..zero3 import full_numel
 from .configuration_vitsplit_llava import VitSplitLlavaConfig
 from .projector import build_projector
 from .tokenizer import prepare_tokenizer, token_id
@@ -46,13 +46,17 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
-    def __init__(self, config: VitSplitLlavaConfig):
+    def __init__(
+        self, config: VitSplitLlavaConfig, tower: PreTrainedModel | None = None, language_model: PreTrainedModel | None = None
+    ):
+        """`tower` / `language_model`: already loaded components (`from_components`); None builds them from the
+        config with random weights (what `from_pretrained` then fills)."""
         super().__init__(config)
         if config.image_token_id is None:
             raise ValueError("config.image_token_id is not set: give the id of the <image> token in the LM vocabulary.")
-        self.vision = ViTSplit(build_tower(config.vision_config), config.split_config)
+        self.vision = ViTSplit(tower if tower is not None else build_tower(config.vision_config), config.split_config)
         self.projector = build_projector(config.projector_type, self.vision.out_channels, config.text_config.hidden_size)
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
 
     @classmethod
@@ -67,20 +71,17 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
     ) -> "VitSplitLlavaForConditionalGeneration":
         """A fresh model from hand-downloaded checkpoints (e.g. CLIP ViT-L/14-336 + Vicuna-7B v1.5).
 
-        Tower and LM weights are copied in by state dict and the task head re-copied from the tower, so the result
-        does not depend on how `__init__` initialised them; the prior head, fusion and projector start fresh.
+        The loaded tower and LM become the model's own modules and the task head is copied from the tower; the
+        prior head, fusion and projector start fresh. Under an active ZeRO-3 config (`HfDeepSpeedConfig`, as
+        `TrainingArguments(deepspeed=zero3.json)` sets it) every part is created partitioned (`zero.Init`): the
+        tower and the LM load shard by shard through transformers' DeepSpeed integration, the new parts are
+        initialised module by module, so no rank ever holds the whole model.
         The tokenizer saved next to the LM goes through `prepare_tokenizer` (as in `VitSplitLlavaProcessor.
         from_components`): when that adds `<image>` / a pad token, the LM's input and output embeddings grow to
         `len(tokenizer)` (new rows at the mean of the old ones, transformers' default), so the vocabulary and
         `image_token_id` match the processor's. Save the processor next to the model: it holds that tokenizer.
         `image_token_id=None` is the tokenizer's `<image>` id. `dtype=None` is float32.
         """
-        if is_deepspeed_zero3_enabled():
-            raise RuntimeError(
-                "from_components copies weights by state dict, which zero.Init's partitioned parameters cannot take: "
-                "build the model before a ZeRO-3 config is active (transformers.integrations.deepspeed."
-                "unset_hf_deepspeed_config()), then let the trainer partition it."
-            )
         dtype = dtype or torch.get_default_dtype()
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(language_path))
         if image_token_id is None:
@@ -91,14 +92,16 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
             lm.resize_token_embeddings(len(tokenizer))  # also sets lm.config.vocab_size
         if lm.generation_config.pad_token_id is None:
             lm.generation_config.pad_token_id = tokenizer.pad_token_id
+        attention = tower.config._attn_implementation, lm.config._attn_implementation
         config = VitSplitLlavaConfig(
             vision_config=tower.config, text_config=lm.config, split=split, projector_type=projector_type,
             image_token_id=image_token_id,
         )
-        model = cls._from_config(config, dtype=dtype)
-        model.vision.tower.load_state_dict(tower.state_dict())
+        # The sub-configs are the loaded modules' own; the composite config resets their attention choice to its
+        # own (unset) one, so they get back what they were loaded with.
+        config.vision_config._attn_implementation, config.text_config._attn_implementation = attention
+        model = cls._from_config(config, dtype=dtype, tower=tower, language_model=lm)
         model.vision.init_task_head_from_tower()
-        model.language_model.load_state_dict(lm.state_dict())
         model.generation_config = GenerationConfig.from_dict(lm.generation_config.to_dict())
         return model
 
@@ -232,6 +235,6 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
         rows = []
         for part, modules in self.part_modules().items():
             params = {id(p): p for m in modules for p in m.parameters()}.values()
-            rows.append(PartCount(part, sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)))
+            rows.append(PartCount(part, sum(full_numel(p) for p in params if p.requires_grad), sum(full_numel(p) for p in params)))
         return rows
 

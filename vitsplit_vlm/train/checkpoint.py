@@ -7,12 +7,13 @@ first, so a file from another split / projector / tower is refused by name inste
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..zero3 import full_shape, gathered, is_partitioned, rank
 
 STAGE1_WEIGHTS = "non_lm_trainables.safetensors"
 FINAL_DIR = "final"  # a stage that trains the LM: the HF-format model, or the LoRA adapter
@@ -24,19 +25,10 @@ class IncompatibleCheckpointError(ValueError):
     """A stage-1 file whose keys or shapes do not fit the model being trained."""
 
 
-def _gathered(params: list[nn.Parameter]):
-    """Full values of ZeRO-3-partitioned parameters on every rank (a no-op for ordinary parameters)."""
-    if not any(hasattr(p, "ds_id") for p in params):
-        return nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-
-
 def non_lm_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Trainable parameters outside the language model, gathered to full tensors on CPU (collective under ZeRO-3)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith(LM_PREFIX)]
-    with _gathered([p for _, p in named]):
+    with gathered([p for _, p in named]):
         return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in named}
 
 
@@ -62,11 +54,11 @@ def load_stage1_weights(model: nn.Module, path: str | Path) -> list[str]:
     if not file.is_file():
         raise FileNotFoundError(f"stage-1 weights {file} not found; stage 1 writes {STAGE1_WEIGHTS} into its output dir.")
     state = load_file(str(file))
-    own = model.state_dict()
+    own = dict(model.named_parameters())  # full shapes even when ZeRO-3 partitioned them
     unknown = sorted(k for k in state if k not in own)
     mismatched = sorted(
-        f"{k} (file {tuple(v.shape)} vs model {tuple(own[k].shape)})" for k, v in state.items()
-        if k in own and v.shape != own[k].shape
+        f"{k} (file {tuple(v.shape)} vs model {full_shape(own[k])})" for k, v in state.items()
+        if k in own and tuple(v.shape) != full_shape(own[k])
     )
     lm_keys = sorted(k for k in state if k.startswith(LM_PREFIX))
     if unknown or mismatched or lm_keys or not state:
@@ -83,7 +75,10 @@ def load_stage1_weights(model: nn.Module, path: str | Path) -> list[str]:
             f"stage-1 weights {file} do not fit this model ({'; '.join(problems)}). Was it trained with another "
             "vision tower, split preset, projector type or language model?"
         )
-    with torch.no_grad():
-        for key, value in state.items():
-            own[key].copy_(value.to(own[key].dtype))
+    targets = [own[k] for k in state]
+    partitioned = any(is_partitioned(p) for p in targets)
+    with torch.no_grad(), gathered(targets, modifier_rank=0):  # rank 0 writes, ZeRO-3 re-partitions on exit
+        if not partitioned or rank() == 0:
+            for key, value in state.items():
+                own[key].copy_(value.to(own[key].dtype))
     return sorted(state)

@@ -1,9 +1,9 @@
 """Model building per stage: components -> VLM, stage-1 weights in, parts (un)frozen; per-part LRs.
 
-The model is built before the stage's `TrainingArguments` exist, with the Trainer's DeepSpeed config unset, so
-`from_pretrained` never runs under ZeRO-3's `zero.Init`: the split module deep-copies tower blocks and the stage-1
-weights are copied in by state dict, both of which need whole (unpartitioned) tensors. DeepSpeed partitions the
-finished model when the Trainer wraps it (each rank holds the full model in host memory until then).
+The model is built after the stage's `TrainingArguments`, so the stage's own DeepSpeed config is the active one:
+under ZeRO-3 `from_components` creates and loads every part partitioned (`zero.Init`, transformers' DeepSpeed
+integration) and the stage-1 weights are written through gathered parameters, so no rank ever holds the whole
+model; under ZeRO-2 or without DeepSpeed each rank builds it whole, as the Trainer expects.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..models import VitSplitLlavaForConditionalGeneration
 from ..models.loading import DTYPES
 from ..vision import ViTSplitConfig, resolve_split
+from ..zero3 import full_numel
 from .checkpoint import load_stage1_weights, stage1_weights_path
 from .config import ModelConfig, StageConfig
 from .lora import part_module_names
@@ -47,8 +47,7 @@ def split_config(model_cfg: ModelConfig) -> ViTSplitConfig:
 
 
 def fresh_model(model_cfg: ModelConfig, components: Components) -> VitSplitLlavaForConditionalGeneration:
-    """Tower + LM from their checkpoints, new projector/heads; never under zero.Init (see module docstring)."""
-    unset_hf_deepspeed_config()  # an earlier stage's ZeRO-3 config must not turn loading into zero.Init
+    """Tower + LM from their checkpoints, new projector/heads; partitioned when a ZeRO-3 config is active."""
     return VitSplitLlavaForConditionalGeneration.from_components(
         components.vision_tower, components.language_model, split=split_config(model_cfg),
         projector_type=model_cfg.projector_type, dtype=torch_dtype(model_cfg.dtype),
@@ -106,8 +105,8 @@ def trainable_parameter_table(model: nn.Module) -> str:
     """The model's per-part table (tower, task head, prior head, projector, LM). Under LoRA the LM's trainable
     count is its adapters, and each fully trained module also counts its frozen original in the total."""
     rows = [(r.part, r.trainable, r.total) for r in _unwrap(model).trainable_parameter_table()]
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(full_numel(p) for p in model.parameters())
     lines = [f"{'part':<16}{'trainable':>14}{'total':>14}"]
     lines += [f"{part:<16}{t:>14,}{n:>14,}" for part, t, n in rows]
     lines.append(f"{'all':<16}{trainable:>14,}{total:>14,}  ({100 * trainable / max(total, 1):.2f}% trainable)")

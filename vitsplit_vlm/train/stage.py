@@ -28,6 +28,7 @@ from ..data.collator import LlavaCollator
 from ..data.llava_json import DataStats, LlavaDataset
 from ..models import VitSplitLlavaForConditionalGeneration
 from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
+from ..zero3 import any_partitioned, full_state_dict
 from . import distributed
 from .checkpoint import (
     BASE_DIR,
@@ -104,11 +105,12 @@ def stage_complete(stage: StageConfig, output_dir: Path) -> bool:
 def load_stage_output(
     model_cfg: ModelConfig, components: Components, stage: StageConfig, stage_dir: Path
 ) -> VitSplitLlavaForConditionalGeneration:
-    """The trained model a finished stage left on disk, whichever form its output takes."""
+    """The trained model a finished stage left on disk, whichever form its output takes (whole, for evaluation in
+    one process: a training stage's ZeRO-3 config must not turn this loading into a collective zero.Init)."""
+    unset_hf_deepspeed_config()
     if stage.lora.enabled:
         return merge_lora(stage_dir / BASE_DIR, stage_dir / FINAL_DIR)
     if trains_language_model(stage):
-        unset_hf_deepspeed_config()
         return VitSplitLlavaForConditionalGeneration.from_pretrained(stage_dir / FINAL_DIR)
     model = fresh_model(model_cfg, components)
     load_stage1_weights(model, stage_dir)
@@ -155,14 +157,16 @@ def run_stage(
         components.vision_tower, components.language_model, pad_to_square=stage.data.pad_to_square
     )
     set_seed(seed)  # the new projector/heads start from the same weights in every run with this seed
+    unset_hf_deepspeed_config()  # an earlier stage's config must not outlive it (a stage without DeepSpeed sets none)
+    args = training_arguments(stage, output_dir, seed)  # before the model: a ZeRO-3 config makes it partitioned
     model = build_stage_model(model_cfg, components, stage, init_from)
-    if stage.lora.enabled:
-        if distributed.is_main_process():  # what scripts/merge_lora.py merges the adapter into
-            model.save_pretrained(output_dir / BASE_DIR)
+    if stage.lora.enabled:  # the base model is what scripts/merge_lora.py merges the adapter into
+        state = full_state_dict(model) if any_partitioned(model) else None  # collective under ZeRO-3
+        if distributed.is_main_process():
+            model.save_pretrained(output_dir / BASE_DIR, state_dict=state)
             processor.save_pretrained(output_dir / BASE_DIR)
         model = apply_lora(model, stage.lora, stage.train_parts)
     logger.info("%s trainable parameters:\n%s", name, trainable_parameter_table(model))
-    args = training_arguments(stage, output_dir, seed)
     logger.info("%s: %d process(es), %s", name, args.world_size, f"DeepSpeed {stage.deepspeed}" if stage.deepspeed else "no DeepSpeed")
     with args.main_process_first(desc=f"{name} dataset"):  # rank 0 tokenises and caches, the others reuse it
         dataset = build_dataset(stage, data, processor, output_dir.parent / "cache")

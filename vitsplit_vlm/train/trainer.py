@@ -19,7 +19,8 @@ from .optim import grouped_param_groups
 
 
 def training_arguments(stage: StageConfig, output_dir: Path, seed: int) -> TrainingArguments:
-    """The Trainer's arguments for `stage`. Call after the model is built (a ZeRO-3 config here turns on zero.Init)."""
+    """The Trainer's arguments for `stage`. Build them before the model: a ZeRO-3 config here makes transformers
+    create and load it partitioned (zero.Init), with the "auto" fields (bf16, batch sizes) already resolved."""
     args = dict(
         output_dir=str(output_dir),
         deepspeed=stage.deepspeed,

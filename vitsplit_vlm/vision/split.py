@@ -20,8 +20,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
+from ..zero3 import any_partitioned, copy_module_weights
 from .deform import DeformConv3x3
 from .towers import TowerParts, run_block, tower_parts
 
@@ -78,6 +79,16 @@ def uniform_prior_layers(num_blocks: int, count: int, start: int = 2) -> list[in
     return [start + int(i * gap) for i in range(count)]
 
 
+def _fresh_like(module: nn.Module, config: PretrainedConfig) -> nn.Module:
+    """A new module of the same kind as a tower block or norm (HF encoder layers take the tower config)."""
+    if isinstance(module, nn.LayerNorm):
+        return nn.LayerNorm(module.normalized_shape, eps=module.eps, elementwise_affine=module.elementwise_affine,
+                            bias=module.bias is not None)
+    if isinstance(module, nn.Identity):
+        return nn.Identity()
+    return type(module)(config)
+
+
 class ViTSplit(nn.Module):
     """Frozen tower + task head + prior head + fusion. Build it with `ViTSplit(tower, ViTSplitConfig(...))`."""
 
@@ -112,11 +123,14 @@ class ViTSplit(nn.Module):
                 "prior layers must be at or before the feature layer."
             )
         self.split_index = self.num_blocks - config.task_layers  # first block replaced by the task head
+        # A tower partitioned by ZeRO-3 (zero.Init) cannot be deep-copied: its blocks are built anew (partitioned in
+        # turn) and `init_task_head_from_tower` fills them; otherwise the copy is exact from the start.
+        clone = _fresh_like if any_partitioned(tower) else (lambda module, _: copy.deepcopy(module))
         self.task_blocks = nn.ModuleList(
-            copy.deepcopy(self.parts.blocks[i]) for i in range(self.split_index, self.num_blocks)
+            clone(self.parts.blocks[i], tower.config) for i in range(self.split_index, self.num_blocks)
         )
         # A trainable copy of the tower's own output norm (Identity for CLIP, whose patch features are un-normed).
-        self.task_norm = copy.deepcopy(self.parts.feature_norm)
+        self.task_norm = clone(self.parts.feature_norm, tower.config)
         self.prior_head = _conv_block(len(self.prior_indices) * hidden, hidden, config.deformable)
         self.fusion = _conv_block(2 * hidden, self.out_channels, config.deformable)
         self.task_blocks.requires_grad_(True)
@@ -141,8 +155,8 @@ class ViTSplit(nn.Module):
         if self.task_blocks is None:
             return
         for offset, block in enumerate(self.task_blocks):
-            block.load_state_dict(self.parts.blocks[self.split_index + offset].state_dict())
-        self.task_norm.load_state_dict(self.parts.feature_norm.state_dict())
+            copy_module_weights(block, self.parts.blocks[self.split_index + offset])
+        copy_module_weights(self.task_norm, self.parts.feature_norm)
 
     def train(self, mode: bool = True) -> "ViTSplit":
         super().train(mode)
