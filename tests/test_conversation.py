@@ -35,6 +35,14 @@ def chat_tok(tiny_tokenizer):
     return t
 
 
+def pieces(t, text):
+    """The text on each side of <image> tokenised on its own, <image> as its one id (no special tokens added)."""
+    ids = []
+    for k, piece in enumerate(text.split(IMAGE_TOKEN)):
+        ids += ([t.convert_tokens_to_ids(IMAGE_TOKEN)] if k else []) + t(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
 def learned_runs(ids, labels):
     """Contiguous runs of unmasked labels, checking the label equals the input id there."""
     runs, cur = [], []
@@ -55,9 +63,9 @@ def test_vicuna_v1_prompt_is_llava_conv_vicuna_v1(tiny_tokenizer):
         VICUNA_SYSTEM + " USER: <image>\nWhat color is the circle? ASSISTANT: red</s>"
         "USER: How many shapes are there? ASSISTANT:"
     )
-    assert VICUNA_SYSTEM == (
-        "A chat between a curious human and an artificial intelligence assistant. "
-        "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    assert VICUNA_SYSTEM == (  # conv_vicuna_v1's wording (LLaVA c121f04), not conv_llava_v1's "curious human"
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions."
     )
 
 
@@ -70,12 +78,12 @@ def test_only_answers_and_eos_are_learned(template, tiny_tokenizer, chat_tok):
     assert [t.decode(r).strip() for r in runs] == [a + "</s>" for a in ANSWERS]
     assert all(r[-1] == t.eos_token_id for r in runs)
     assert not out.truncated
-    # the ids are the whole rendered conversation tokenised at once, as at inference
+    # the ids are the rendered conversation's, each side of <image> tokenised on its own, as at inference
     if template == "vicuna_v1":
-        expected = t(VICUNA_SYSTEM + " USER: <image>\nWhat color is the circle? ASSISTANT: red</s>"
-                     "USER: How many shapes are there? ASSISTANT: two shapes</s>")["input_ids"]
+        expected = [t.bos_token_id] + pieces(t, VICUNA_SYSTEM + " USER: <image>\nWhat color is the circle? ASSISTANT: "
+                                             "red</s>USER: How many shapes are there? ASSISTANT: two shapes</s>")
     else:
-        expected = t(t.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+        expected = pieces(t, t.apply_chat_template(messages, tokenize=False))
     assert out.input_ids == expected
     assert out.input_ids.count(t.convert_tokens_to_ids(IMAGE_TOKEN)) == 1
 
@@ -85,8 +93,7 @@ def test_plain_keeps_image_and_answer_only(tiny_tokenizer):
     out = tokenize_conversation(messages, tiny_tokenizer, "plain")
     image_id = tiny_tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     answer = tiny_tokenizer("red</s>", add_special_tokens=False)["input_ids"]
-    assert out.input_ids == [tiny_tokenizer.bos_token_id, image_id] + tiny_tokenizer(
-        f"{IMAGE_TOKEN}red</s>", add_special_tokens=False)["input_ids"][1:]
+    assert out.input_ids == [tiny_tokenizer.bos_token_id, image_id] + answer  # the caption starts a word: "▁red"
     assert tiny_tokenizer.decode(out.input_ids[2:]) == "red</s>"
     assert out.labels[:2] == [IGNORE_INDEX, IGNORE_INDEX] and out.labels[2:] == out.input_ids[2:]
     assert len(out.labels[2:]) == len(answer)

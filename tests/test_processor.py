@@ -24,8 +24,9 @@ def test_one_image_expands_to_num_image_tokens(tiny_processor, tiny_tokenizer, t
     image = _image(0)
     out = tiny_processor(text="<image>\nwhat colour is it?", images=image)
     img = tiny_tokenizer.convert_tokens_to_ids("<image>")
-    plain = tiny_tokenizer("<image>\nwhat colour is it?")["input_ids"]
-    at = plain.index(img)
+    # as LLaVA's tokenizer_image_token: the text after <image> is tokenised on its own (it starts a word)
+    plain = [tiny_tokenizer.bos_token_id, img] + tiny_tokenizer("\nwhat colour is it?", add_special_tokens=False)["input_ids"]
+    at = 1
     assert out["input_ids"][0].tolist() == plain[:at] + [img] * K + plain[at + 1:]
     assert out["attention_mask"].tolist() == [[1] * (len(plain) + K - 1)]
     torch.testing.assert_close(out["pixel_values"], _pixels(tiny_ckpts, image), rtol=0, atol=0)

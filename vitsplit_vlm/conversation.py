@@ -1,28 +1,42 @@
-"""Chat templates and label-masked tokenisation for LLaVA-style training.
+"""Chat templates and label-masked tokenisation for LLaVA-style training, chat and evaluation.
+
+One renderer serves all three, so a checkpoint is always prompted with the text and ids it was trained on. The
+rules follow LLaVA-1.5 (haotian-liu/LLaVA at c121f04: ``llava/conversation.py``, ``llava/mm_utils.py``
+``tokenizer_image_token``, ``llava/train/train.py`` ``preprocess_multimodal`` / ``preprocess_v1`` /
+``preprocess_plain``).
 
 Three templates:
 
-* ``plain`` -- LLaVA stage 1 (projector pre-training): the image placeholder, then the answer (caption) and
-  eos. The human text is dropped, there is no system prompt, and only the answer + eos is learned. LLaVA ends
-  the caption with ``"\\n"``; we end it with eos so that generation after stage 1 knows where to stop.
+* ``plain`` -- LLaVA stage 1 (``conv_llava_plain``): the image placeholder, then the answer (caption). The human
+  text is dropped, there is no system prompt, and only the answer + end marker is learned. LLaVA ends the caption
+  with ``"\\n"``; we end it with eos so that generation after stage 1 knows where to stop (the one deliberate
+  deviation).
 * ``vicuna_v1`` -- LLaVA-1.5's ``conv_vicuna_v1``: ``SYSTEM + " " + "USER: q ASSISTANT: a</s>" ...`` with
   ``sep=" "`` and ``sep2=eos`` (``"</s>"`` for Llama/Vicuna tokenizers).
 * ``chat_template`` -- the tokenizer's own ``apply_chat_template`` (Jinja), for chat LLMs other than Vicuna.
 
+Image layout (:func:`image_first`): a turn holding ``<image>`` is rewritten as ``preprocess_multimodal`` does,
+the placeholder first, then a newline, then the stripped text; an image-only turn is just ``<image>``.
+
+Token ids (:func:`encode_text`): the text on each side of ``<image>`` is tokenised on its own, as LLaVA's
+``tokenizer_image_token`` does, so the piece after an image starts a new word (a sentencepiece tokenizer gives it
+its prefix ``▁``). Tokenising the whole string instead would make the ids after ``<image>`` depend on the
+tokenizer's ``legacy`` setting (non-legacy Llama tokenizers add no ``▁`` after a special token); this way they
+equal LLaVA's under both settings. The text between images (e.g. ``"red</s>USER: ..."`` in multi-turn
+conversations) is tokenised by the tokenizer as it is configured, as LLaVA does: there ``legacy`` still decides
+whether ``USER`` after ``</s>`` gets a ``▁``, in LLaVA's ids and ours alike. ``plain`` and ``vicuna_v1`` prepend
+the tokenizer's bos; ``chat_template`` templates write bos themselves.
+
 Masking is exact by construction: a conversation is rendered as a list of segments, each either learned
 (an assistant reply and its end-of-turn marker) or not, and the label of a token is decided by the segment it
-comes from. The ids are those of the whole rendered string (what inference tokenises too); each segment end is
-located by tokenising the text up to it, and a tokenizer that merges characters across a segment boundary is
-refused instead of being masked approximately (LLaVA's ``preprocess_v1`` silently drops such records).
+comes from. Each segment end is located by encoding the text up to it, and a tokenizer that merges characters
+across a segment boundary is refused instead of being masked approximately (LLaVA's ``preprocess_v1`` silently
+masks out such records).
 
 Messages are Hugging Face style dicts ``{"role": "user"|"assistant", "content": str}``; the image placeholder
 :data:`IMAGE_TOKEN` appears in the text once per image and stays ONE token here. Expanding it into the model's
 number of visual tokens is :func:`expand_image_tokens`; :func:`tokenize_conversation` already counts each image
 as ``num_image_tokens`` when truncating, so ``expand_image_tokens`` never pushes a sequence past ``max_length``.
-
-Token ids: ``plain`` and ``vicuna_v1`` are ``[bos] + tokenizer(text, add_special_tokens=False)`` (what a
-Llama tokenizer gives for ``tokenizer(text)``); ``chat_template`` templates write bos themselves, so their ids
-are ``tokenizer(text, add_special_tokens=False)``. :func:`encode_prompt` applies this rule for inference.
 """
 
 from __future__ import annotations
@@ -38,9 +52,9 @@ IMAGE_TOKEN = "<image>"
 TEMPLATES = ("plain", "vicuna_v1", "chat_template")
 Template = Literal["plain", "vicuna_v1", "chat_template"]
 
-VICUNA_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+VICUNA_SYSTEM = (  # conv_vicuna_v1's; the "curious human ... human's questions" wording is conv_llava_v1's
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant"}
 
@@ -82,6 +96,19 @@ def messages_from_llava(turns: object) -> list[Message]:
             raise ConversationError(f"empty answer in turn {i}")
         messages.append({"role": _LLAVA_ROLES[turn["from"]], "content": value})
     return messages
+
+
+def image_first(text: str) -> str:
+    """A turn's text laid out as LLaVA-1.5's ``preprocess_multimodal`` does: placeholder(s) first, a newline, the
+    stripped text; ``"<image>"`` alone when there is no text. Text without a placeholder is returned as it is.
+
+    LLaVA collapses several placeholders in one turn into one; we keep one per image (the processor needs one per
+    image) -- a layout LLaVA-1.5 never trains on, so the data layer refuses multi-image records.
+    """
+    count = text.count(IMAGE_TOKEN)
+    if not count:
+        return text
+    return (IMAGE_TOKEN * count + "\n" + text.replace(IMAGE_TOKEN, "").strip()).strip()
 
 
 def _check_roles(messages: Sequence[Mapping[str, str]], generation: bool) -> None:
@@ -141,7 +168,8 @@ def _segments(messages: Sequence[Mapping[str, str]], tokenizer: PreTrainedTokeni
     if template not in _SEGMENTERS:
         raise ValueError(f"unknown conversation template {template!r}; choose one of {TEMPLATES}")
     _check_roles(messages, generation)
-    return _SEGMENTERS[template](messages, tokenizer, generation)
+    laid_out = [{**m, "content": image_first(m["content"])} for m in messages]
+    return _SEGMENTERS[template](laid_out, tokenizer, generation)
 
 
 def _bos(tokenizer: PreTrainedTokenizerBase, template: str) -> list[int]:
@@ -151,8 +179,17 @@ def _bos(tokenizer: PreTrainedTokenizerBase, template: str) -> list[int]:
     return [tokenizer.bos_token_id]
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Ids of ``text`` without special tokens added, ``<image>`` as one id, each piece around it tokenised on its
+    own (LLaVA's ``tokenizer_image_token`` rule; see the module docstring for why)."""
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    ids: list[int] = []
+    for index, piece in enumerate(text.split(IMAGE_TOKEN)):
+        if index:
+            ids.append(image_id)
+        if piece:
+            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+    return ids
 
 
 def render_prompt(messages: Sequence[Mapping[str, str]], tokenizer: PreTrainedTokenizerBase, template: Template) -> str:
@@ -162,7 +199,7 @@ def render_prompt(messages: Sequence[Mapping[str, str]], tokenizer: PreTrainedTo
 
 def encode_prompt(messages: Sequence[Mapping[str, str]], tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
     """Ids of :func:`render_prompt` under the same bos rule as training (one image-token id per image)."""
-    return _bos(tokenizer, template) + _encode(tokenizer, render_prompt(messages, tokenizer, template))
+    return _bos(tokenizer, template) + encode_text(tokenizer, render_prompt(messages, tokenizer, template))
 
 
 def tokenize_conversation(
@@ -182,12 +219,12 @@ def tokenize_conversation(
     """
     segments = _segments(messages, tokenizer, template, generation=False)
     full = "".join(text for text, _ in segments)
-    ids = _encode(tokenizer, full)
+    ids = encode_text(tokenizer, full)
     labels = [IGNORE_INDEX] * len(ids)
     end_char, prev = 0, 0
     for text, learned in segments:
         end_char += len(text)
-        prefix = _encode(tokenizer, full[:end_char])
+        prefix = encode_text(tokenizer, full[:end_char])
         if ids[: len(prefix)] != prefix:
             raise ConversationError(
                 f"the tokenizer merges text across a turn boundary of template {template!r} "

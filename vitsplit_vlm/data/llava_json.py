@@ -31,6 +31,7 @@ from vitsplit_vlm.conversation import (
     ConversationError,
     Template,
     expand_image_tokens,
+    image_first,
     messages_from_llava,
     tokenize_conversation,
 )
@@ -119,9 +120,9 @@ def _json_error(path: Path) -> str | None:
 def record_messages(row: Mapping[str, Any]) -> tuple[list[dict[str, str]], str | None]:
     """A record's checked messages and image path (None: text-only), raising :class:`ConversationError`.
 
-    The placeholder is moved to the start of the first human turn (``"<image>\\n" + text``, as LLaVA-1.5
-    trains), so the model sees one layout whichever end the source put it at; evaluation prompts built from
-    records should go through here too.
+    The placeholder is moved to the start of the first human turn (``conversation.image_first``: ``"<image>\\n"
+    + text``, or ``"<image>"`` alone, as LLaVA-1.5 trains), so the model sees one layout whichever end the source
+    put it at; the renderer applies the same rule to any prompt.
     """
     image = row.get("image")
     if image is not None and (not isinstance(image, str) or not image):
@@ -140,8 +141,7 @@ def record_messages(row: Mapping[str, Any]) -> tuple[list[dict[str, str]], str |
             f"no {IMAGE_TOKEN} in the first human turn although an image is given" if count == 0
             else f"{IMAGE_TOKEN} appears {count} times in the first human turn; expected once"
         )
-    text = messages[0]["content"].replace(IMAGE_TOKEN, "").strip()
-    messages[0] = {"role": "user", "content": f"{IMAGE_TOKEN}\n{text}"}
+    messages[0] = {"role": "user", "content": image_first(messages[0]["content"])}
     return messages, image
 
 

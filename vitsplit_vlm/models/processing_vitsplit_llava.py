@@ -2,7 +2,9 @@
 
 Text carries `<image>` once per image; the processor tokenises it to one id and expands that id into
 `num_image_tokens` copies (as Hugging Face Llava does), so the model finds one run of image ids per image.
-Expansion happens on ids, not on text, so no tokenizer can merge the placeholder with its neighbours.
+Expansion happens on ids, not on text, so no tokenizer can merge the placeholder with its neighbours. Text is
+tokenised by `vitsplit_vlm.conversation.encode_text` (each piece around `<image>` on its own, as LLaVA-1.5's
+`tokenizer_image_token`), for raw text as for chat templates, so both give the ids training used.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 
-from ..conversation import IGNORE_INDEX, IMAGE_TOKEN, Template, encode_prompt, expand_image_tokens, render_prompt
+from ..conversation import (
+    IGNORE_INDEX, IMAGE_TOKEN, Template, encode_prompt, encode_text, expand_image_tokens, render_prompt,
+)
 from ..vision.towers import vision_config_of
 from .tokenizer import prepare_tokenizer, token_id
 
@@ -129,12 +133,19 @@ class VitSplitLlavaProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """Tokenise `text` (one `<image>` per image, images in text order across the batch) and process `images`.
 
-        `truncation` cuts rows longer than `max_length` (default: the tokenizer's model_max_length) on the right
-        and refuses to cut into image tokens. `padding` is as in `tokenizer.pad`.
+        `add_special_tokens` prepends bos when the tokenizer adds one to plain text. `truncation` cuts rows longer
+        than `max_length` (default: the tokenizer's model_max_length) on the right and refuses to cut into image
+        tokens. `padding` is as in `tokenizer.pad`.
         """
         texts = [text] if isinstance(text, str) else list(text)
-        ids = self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+        bos = self._leading_bos() if add_special_tokens else []
+        ids = [bos + encode_text(self.tokenizer, t) for t in texts]
         return self._encode(ids, images, return_tensors, padding, padding_side, truncation, max_length)
+
+    def _leading_bos(self) -> list[int]:
+        """[bos] when the tokenizer starts plain text with it (as `tokenizer_image_token` keeps it), else []."""
+        lead = self.tokenizer("", add_special_tokens=True)["input_ids"][:1]
+        return lead if lead == [self.tokenizer.bos_token_id] else []
 
     def apply_chat_template(
         self,

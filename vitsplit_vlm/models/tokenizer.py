@@ -21,12 +21,17 @@ def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Add what the VLM needs, in place, and return the tokenizer; a tokenizer that has it all is left as it is.
+    """Add what the VLM needs, in place, and return the tokenizer; a tokenizer that has it all keeps its vocabulary.
 
     `<image>` becomes an extra special token (appended to the vocabulary, never split or merged with its
     neighbours). A missing pad token becomes the unk token, as LLaVA-1.5 does for Vicuna (no new embedding row),
     or a new `<pad>` when there is no unk token either. Resize the LM's embeddings to `len(tokenizer)` afterwards.
     """
+    if hasattr(tokenizer, "legacy"):
+        # transformers 5 honours `legacy` when loading but does not write it back on save: record it, or a
+        # checkpoint trained with a legacy Llama tokenizer would be prompted by a non-legacy one (the token after
+        # each `</s>` of a multi-turn prompt would change).
+        tokenizer.init_kwargs["legacy"] = tokenizer.legacy
     if token_id(tokenizer, IMAGE_TOKEN) is None:
         tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
