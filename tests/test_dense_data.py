@@ -4,12 +4,13 @@ import pytest
 import torch
 from PIL import Image
 
+from vitsplit_vlm.dense.config import IMAGENET_MEAN, IMAGENET_STD, DenseModelConfig
 from vitsplit_vlm.dense.data import (
     ADE20KDataset, DenseDataConfig, NYUDepthDataset, SyntheticConfig, build_datasets, write_synthetic,
 )
-from vitsplit_vlm.dense.model import IMAGENET_MEAN, IMAGENET_STD, DenseModelConfig
+from vitsplit_vlm.dense.transforms import DepthPipeline, SegPipeline
 
-STATS = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+STATS = (IMAGENET_MEAN, IMAGENET_STD)
 SMALL = SyntheticConfig(num_train=3, num_val=2, height=40, width=50, seed=1)
 
 
@@ -29,7 +30,7 @@ def test_synthetic_ade20k_layout_and_label_mapping(ade):
     ann_path = ade / "annotations" / "training" / f"{images[0].stem}.png"
     raw = np.asarray(Image.open(ann_path))
     assert Image.open(ann_path).mode == "L" and set(np.unique(raw)) <= {0, 1, 2, 3, 4} and 0 in raw
-    item = ADE20KDataset(ade, "train", num_classes=4, **STATS)[0]
+    item = ADE20KDataset(ade, "train", num_classes=4)[0]
     labels = item["labels"]
     assert item["pixel_values"].shape == (3, 40, 50) and labels.dtype == torch.long
     expected = np.where(raw == 0, 255, raw.astype(np.int64) - 1)  # reduce_zero_label
@@ -40,7 +41,7 @@ def test_synthetic_nyu_depth_in_metres(nyu):
     depth_png = sorted((nyu / "train" / "depth").glob("*.png"))[0]
     assert Image.open(depth_png).mode == "I;16"
     raw = np.asarray(Image.open(depth_png)).astype(np.float32)
-    labels = NYUDepthDataset(nyu, "train", **STATS)[0]["labels"]
+    labels = NYUDepthDataset(nyu, "train")[0]["labels"]
     assert labels.dtype == torch.float32
     np.testing.assert_allclose(labels.numpy(), raw / 1000.0)
     valid = labels[labels > 0]
@@ -56,14 +57,16 @@ def test_generator_is_seeded(tmp_path):
 
 
 def test_training_items_are_cropped_flipped_and_repeatable(ade):
-    data = ADE20KDataset(ade, "train", train=True, crop_size=32, num_classes=4, **STATS)
+    # Crop and flip only (no rescale, no photometric distortion, no class-ratio redraws): windows can be enumerated.
+    plain = DenseDataConfig(crop_size=32, cat_max_ratio=1.0, photometric=False)
+    data = ADE20KDataset(ade, "train", SegPipeline(plain, *STATS, 255, train=True), num_classes=4)
     torch.manual_seed(0)
     first = data[1]
     torch.manual_seed(0)
     again = data[1]
     assert first["pixel_values"].shape == (3, 32, 32) and first["labels"].shape == (32, 32)
     assert torch.equal(first["pixel_values"], again["pixel_values"]) and torch.equal(first["labels"], again["labels"])
-    whole = ADE20KDataset(ade, "train", num_classes=4, **STATS)[1]["labels"]
+    whole = ADE20KDataset(ade, "train", num_classes=4)[1]["labels"]
     windows = {(t, l, f) for t in range(9) for l in range(19) for f in (False, True)}
     crops = [whole[t : t + 32, l : l + 32] for t, l, _ in windows]
     matches = [t for t, c in zip(windows, crops) if torch.equal((c.flip(-1) if t[2] else c), first["labels"])]
@@ -71,27 +74,29 @@ def test_training_items_are_cropped_flipped_and_repeatable(ade):
 
 
 def test_crop_larger_than_image_pads_with_ignore_and_no_depth(ade, nyu):
-    seg = ADE20KDataset(ade, "train", train=True, crop_size=56, num_classes=4, **STATS)[0]["labels"]
-    depth = NYUDepthDataset(nyu, "train", train=True, crop_size=56, **STATS)[0]["labels"]
+    cfg = DenseDataConfig(crop_size=56, rotate_degree=0)
+    seg = ADE20KDataset(ade, "train", SegPipeline(cfg, *STATS, 255, train=True), num_classes=4)[0]["labels"]
+    depth = NYUDepthDataset(nyu, "train", DepthPipeline(cfg, *STATS, train=True))[0]["labels"]
     assert seg.shape == depth.shape == (56, 56)
     assert (seg[40:] == 255).all() and (depth[40:] == 0).all()
 
 
-def test_short_side_resize_keeps_eval_labels_at_full_size(nyu):
-    val = NYUDepthDataset(nyu, "val", short_side=20, **STATS)[0]
+def test_eval_rescale_keeps_labels_at_full_size(nyu, ade):
+    cfg = DenseDataConfig(scale=[100, 20], eigen_crop=False)
+    val = NYUDepthDataset(nyu, "val", DepthPipeline(cfg, *STATS, train=False))[0]
     assert val["pixel_values"].shape == (3, 20, 25) and val["labels"].shape == (40, 50)
-    train = NYUDepthDataset(nyu, "train", train=True, short_side=20, crop_size=16, **STATS)[0]
-    assert train["labels"].shape == (16, 16)
+    seg = ADE20KDataset(ade, "val", SegPipeline(cfg, *STATS, 255, train=False), num_classes=4)[0]
+    assert seg["pixel_values"].shape == (3, 20, 25) and seg["labels"].shape == (40, 50)
 
 
 def test_pair_list_file(nyu, tmp_path):
     listing = tmp_path / "train.txt"
     listing.write_text("train/rgb/synthetic_train_00001.png train/depth/synthetic_train_00001.png\n\n")
-    data = NYUDepthDataset(nyu, "train", list_file=listing, **STATS)
+    data = NYUDepthDataset(nyu, "train", list_file=listing)
     assert len(data) == 1 and data.pairs[0][0].name == "synthetic_train_00001.png"
     listing.write_text("train/rgb/synthetic_train_00001.png\n")
     with pytest.raises(ValueError, match=r"train\.txt:1: expected '<rgb path> <depth path>', got 'train/rgb/"):
-        NYUDepthDataset(nyu, "train", list_file=listing, **STATS)
+        NYUDepthDataset(nyu, "train", list_file=listing)
 
 
 def _copy_ade(ade, tmp_path):
@@ -104,7 +109,7 @@ def test_missing_annotation_names_both_files(ade, tmp_path):
     root = _copy_ade(ade, tmp_path)
     (root / "annotations" / "validation" / "synthetic_val_00001.png").unlink()
     with pytest.raises(FileNotFoundError) as err:
-        ADE20KDataset(root, "val", **STATS)
+        ADE20KDataset(root, "val")
     assert str(err.value) == (
         f"ADE20K: no annotation {root}/annotations/validation/synthetic_val_00001.png for image "
         f"{root}/images/validation/synthetic_val_00001.jpg; every image needs a PNG with the same name in "
@@ -116,7 +121,7 @@ def test_bad_annotation_mode_and_size(ade, tmp_path):
     root = _copy_ade(ade, tmp_path)
     ann = root / "annotations" / "training" / "synthetic_train_00000.png"
     Image.open(ann).convert("RGB").save(ann)
-    data = ADE20KDataset(root, "train", num_classes=4, **STATS)
+    data = ADE20KDataset(root, "train", num_classes=4)
     with pytest.raises(ValueError, match=r"synthetic_train_00000\.png: annotation mode is 'RGB'; ADE20K annotations are single-channel 8-bit"):
         data[0]
     ann = root / "annotations" / "training" / "synthetic_train_00001.png"
@@ -127,7 +132,7 @@ def test_bad_annotation_mode_and_size(ade, tmp_path):
 
 def test_class_id_beyond_num_classes(ade):
     with pytest.raises(ValueError, match=r"class id 4 exceeds num_classes=3 \(ids are 0\.\.3\)\.$"):
-        for item in ADE20KDataset(ade, "train", num_classes=3, **STATS):
+        for item in ADE20KDataset(ade, "train", num_classes=3):
             pass
 
 
@@ -138,9 +143,9 @@ def test_eight_bit_depth_and_missing_folders(nyu, tmp_path):
     depth = root / "test" / "depth" / "synthetic_val_00000.png"
     Image.fromarray((np.asarray(Image.open(depth)) // 100).astype(np.uint8)).save(depth)
     with pytest.raises(ValueError, match=r"synthetic_val_00000\.png: depth mode is 'L'; expected a single-channel 16-bit PNG"):
-        NYUDepthDataset(root, "val", **STATS)[0]
+        NYUDepthDataset(root, "val")[0]
     with pytest.raises(FileNotFoundError, match=r"NYU: folder .*/nope/train/rgb not found; expected the layout root/\{train,test\}/rgb/\*\.png"):
-        NYUDepthDataset(tmp_path / "nope", "train", **STATS)
+        NYUDepthDataset(tmp_path / "nope", "train")
 
 
 def test_build_datasets_checks_synthetic_class_count(tmp_path):

@@ -146,3 +146,67 @@ def test_predict_with_windows_on_a_model(tiny_ckpts):
     x = torch.randn(1, 3, 40, 60)
     assert predict(model, x, crop_size=28, stride=14).shape == (1, 3, 40, 60)
     torch.testing.assert_close(predict(model, x[..., :28, :28], 28, 14), predict(model, x[..., :28, :28]))
+
+
+def test_a_new_task_is_one_registered_class(tiny_ckpts):
+    """A third task plugs into the model, the loss and evaluation by registering a DenseTask."""
+    from vitsplit_vlm.dense import TASKS, DenseTask, evaluate, register_task
+
+    class Edges(DenseTask):  # per-pixel binary edge probability
+        name, formats, synthetic_layout = "edges", (), "ade20k"
+
+        def build_head(self, config, channels):
+            return nn.Conv2d(channels, 1, 1)
+
+        def outputs(self, head_map, labels, config):
+            loss = None if labels is None else F.binary_cross_entropy_with_logits(head_map[:, 0], labels.float())
+            return loss, head_map.sigmoid()
+
+        def metric(self, config):
+            from vitsplit_vlm.dense import SegmentationMetric
+
+            return SegmentationMetric(2)
+
+        def prediction(self, output):
+            return (output[:, 0] > 0.5).long()
+
+        def datasets(self, root, data, config):
+            raise NotImplementedError
+
+    register_task(Edges())
+    try:
+        model = _model(tiny_ckpts, task="edges")
+        labels = torch.randint(0, 2, (2, 28, 28))
+        out = model(torch.randn(2, 3, 28, 28), labels)
+        assert out.logits.shape == (2, 1, 28, 28) and out.loss.requires_grad
+        items = [{"pixel_values": torch.randn(3, 28, 28), "labels": labels[0]}]
+        assert 0 <= evaluate(model, items)["mIoU"] <= 1
+    finally:
+        del TASKS["edges"]
+    with pytest.raises(ValueError, match=r"^Unknown dense task 'edges'; choose one of depth, seg\.$"):
+        DenseModelConfig(task="edges")
+
+
+def test_flip_tta_averages_probabilities_of_both_views(tiny_ckpts):
+    model = _model(tiny_ckpts, task="seg", num_classes=3).eval()
+    x = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        expected = (model(x).logits.softmax(1) + model(x.flip(-1)).logits.flip(-1).softmax(1)) / 2
+    torch.testing.assert_close(predict(model, x, flip=True), expected)
+    two_scales = predict(model, x, scales=[1.0, 2.0])
+    with torch.no_grad():
+        big = model(F.interpolate(x, size=(56, 84), mode="bilinear", align_corners=False)).logits
+    small = F.interpolate(big, size=(28, 42), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(two_scales, (model(x).logits.softmax(1) + small.softmax(1)).detach() / 2)
+
+
+def test_depth_checkpoint_records_the_deformable_variant(tiny_ckpts, tmp_path):
+    torch.manual_seed(0)
+    deform = ViTSplitConfig(task_layers=2, prior_layers=[1, 3], deformable=True)
+    model = DenseSplitModel.from_tower(tiny_ckpts["dinov2"], deform, DenseModelConfig(task="depth"))
+    model.save_pretrained(tmp_path)
+    loaded = DenseSplitModel.from_pretrained(tmp_path)
+    assert loaded.split.config.deformable and any(".offset." in k for k in loaded.state_dict())
+    plain = _model(tiny_ckpts, task="depth")
+    with pytest.raises(ValueError, match="hold the deformable 3x3 prior/fusion conv but the split config asks for the plain"):
+        plain.load_state_dict(loaded.state_dict())

@@ -114,6 +114,10 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    moved = getattr(cls, "MOVED_KEYS", {})  # keys an older config format used: name where they went
+    for key in unknown:
+        if key in moved:
+            raise ValueError(f"{where}: '{key}' is no longer read; {moved[key]}")
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}. Known keys: {', '.join(sorted(names))}.")
     kwargs = {}

@@ -5,23 +5,23 @@
     NYU:     root/{train,test}/rgb/*.png|jpg + root/{train,test}/depth/<same stem>.png (16-bit, millimetres, 0 =
              no measurement), or a list file of "<rgb> <depth>" lines relative to root
 
-Items are {"pixel_values": 3 x H x W normalised float, "labels": H x W} (long class ids for ADE20K, float metres for
-NYU), so `transformers.default_data_collator` batches them. Training items are randomly cropped and flipped with
-torch's global RNG, which the Trainer seeds (and the DataLoader derives per-worker seeds from), so runs repeat.
+Items are {"pixel_values": 3 x H x W float, "labels": H x W} (long class ids for ADE20K, float metres for NYU), so
+`transformers.default_data_collator` batches them. Without a transform the pixels are RGB 0..255; the tasks pass the
+pipelines of `transforms` (augmentation with torch's global RNG, which the Trainer seeds, and normalisation).
 Evaluation items keep the labels at their original size; `inference.evaluate` resizes predictions to them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .model import DenseModelConfig
+from .config import DenseModelConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ADE_SPLITS = {"train": "training", "val": "validation"}
@@ -40,10 +40,20 @@ class SyntheticConfig:
 
 @dataclass
 class DenseDataConfig:
-    format: str = "synthetic"  # "synthetic" | "ade20k" | "nyu"
+    """Where the data is and how it is augmented (see `transforms`: mmseg's ADE20K and the toolbox's NYU pipeline)."""
+
+    format: str = "synthetic"  # "synthetic" | a format the task reads ("ade20k" for seg, "nyu" for depth)
     root: str | None = None  # dataset root; for "synthetic", where it is written (default <output_dir>/data)
-    crop_size: int = 84  # square training crop (padded with ignore / no-depth where the image is smaller)
-    short_side: int | None = None  # resize images so their shorter side has this length; None keeps them
+    crop_size: int | list[int] = 84  # training crop, square or [h, w] (padded with ignore / no-depth if larger)
+    # Keep-ratio rescale into [long, short] (ADE20K: [2048, 512]); in training times a ratio drawn from ratio_range.
+    # null keeps the images' size.
+    scale: list[int] | None = None
+    ratio_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    cat_max_ratio: float = 0.75  # seg: redraw a crop in which one class covers this share of the labelled pixels
+    photometric: bool = True  # seg: mmseg's photometric distortion
+    rotate_degree: float = 2.5  # depth: random rotation in +-degrees (probability 0.5); 0 turns it off
+    color_jitter: bool = True  # depth: gamma / brightness / colour factors in 0.9..1.1 (probability 0.5)
+    eigen_crop: bool = True  # depth: evaluate inside the Eigen crop only
     depth_scale: float = 1000.0  # depth PNG units per metre (NYU: millimetres)
     train_list: str | None = None  # NYU: optional "<rgb> <depth>" list files relative to root
     val_list: str | None = None
@@ -52,16 +62,11 @@ class DenseDataConfig:
 
 
 class _PairDataset(Dataset):
-    """Image/target pairs with shared loading, resizing, normalisation and train-time crop + flip."""
+    """Image/target pairs: decoding and checks here, resizing/augmentation/normalisation in `transform`."""
 
-    def __init__(
-        self, pairs: list[tuple[Path, Path]], mean: list[float], std: list[float], train: bool,
-        crop_size: int, short_side: int | None, pad_label: float,
-    ):
+    def __init__(self, pairs: list[tuple[Path, Path]], transform: Callable | None = None):
         self.pairs = pairs
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
-        self.train, self.crop_size, self.short_side, self.pad_label = train, crop_size, short_side, pad_label
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -73,38 +78,18 @@ class _PairDataset(Dataset):
         image_path, target_path = self.pairs[index]
         image = Image.open(image_path).convert("RGB")
         target = self._load_target(target_path, image)  # validated against the image's original size
-        if self.short_side:
-            image = _resize_short(image, self.short_side)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        pixels = (pixels - self.mean) / self.std
-        if not self.train:
-            return {"pixel_values": pixels, "labels": target}
-        if self.short_side:  # nearest: class ids and missing-depth zeros must not be blended
-            resized = F.interpolate(target[None, None].float(), size=pixels.shape[-2:], mode="nearest")
-            target = resized[0, 0].to(target.dtype)
-        pixels, target = self._crop_and_flip(pixels, target)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)  # RGB 0..255
+        if self.transform is not None:
+            pixels, target = self.transform(pixels, target)
         return {"pixel_values": pixels, "labels": target}
-
-    def _crop_and_flip(self, pixels: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        crop = self.crop_size
-        pad_h, pad_w = max(crop - pixels.shape[1], 0), max(crop - pixels.shape[2], 0)
-        if pad_h or pad_w:
-            pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
-            target = F.pad(target, (0, pad_w, 0, pad_h), value=self.pad_label)
-        top = int(torch.randint(pixels.shape[1] - crop + 1, ()))
-        left = int(torch.randint(pixels.shape[2] - crop + 1, ()))
-        pixels, target = pixels[:, top : top + crop, left : left + crop], target[top : top + crop, left : left + crop]
-        if torch.rand(()) < 0.5:
-            pixels, target = pixels.flip(-1), target.flip(-1)
-        return pixels.contiguous(), target.contiguous()
 
 
 class ADE20KDataset(_PairDataset):
     """ADEChallengeData2016 layout. `split` is "train" or "val"."""
 
     def __init__(
-        self, root: str | Path, split: str, mean: list[float], std: list[float], train: bool = False,
-        crop_size: int = 512, short_side: int | None = None, num_classes: int = 150, ignore_index: int = 255,
+        self, root: str | Path, split: str, transform: Callable | None = None, num_classes: int = 150,
+        ignore_index: int = 255,
     ):
         root = Path(root)
         image_dir, ann_dir = root / "images" / ADE_SPLITS[split], root / "annotations" / ADE_SPLITS[split]
@@ -117,7 +102,7 @@ class ADE20KDataset(_PairDataset):
                     f"name in annotations/{ADE_SPLITS[split]}/."
                 )
             pairs.append((image_path, ann))
-        super().__init__(pairs, mean, std, train, crop_size, short_side, pad_label=ignore_index)
+        super().__init__(pairs, transform)
         self.num_classes, self.ignore_index = num_classes, ignore_index
 
     def _load_target(self, path: Path, image: Image.Image) -> torch.Tensor:
@@ -139,13 +124,12 @@ class NYUDepthDataset(_PairDataset):
     """NYU-Depth-v2 style RGB + 16-bit depth PNGs. `split` is "train" or "val" (the `test/` folder)."""
 
     def __init__(
-        self, root: str | Path, split: str, mean: list[float], std: list[float], train: bool = False,
-        crop_size: int = 416, short_side: int | None = None, depth_scale: float = 1000.0,
+        self, root: str | Path, split: str, transform: Callable | None = None, depth_scale: float = 1000.0,
         list_file: str | Path | None = None,
     ):
         root = Path(root)
         pairs = _read_pair_list(root, Path(list_file)) if list_file else self._scan(root / NYU_SPLITS[split])
-        super().__init__(pairs, mean, std, train, crop_size, short_side, pad_label=0.0)
+        super().__init__(pairs, transform)
         self.depth_scale = depth_scale
 
     @staticmethod
@@ -206,35 +190,24 @@ def _check_same_size(path: Path, target: Image.Image, image: Image.Image) -> Non
         )
 
 
-def _resize_short(image: Image.Image, short: int) -> Image.Image:
-    w, h = image.size
-    scale = short / min(w, h)
-    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-
-
 def build_datasets(cfg: DenseDataConfig, model: DenseModelConfig, output_dir: str | Path) -> tuple[Dataset, Dataset]:
-    """Train (cropped, flipped) and validation (whole images) datasets for the model's task and normalisation."""
+    """The task's train (augmented) and validation (whole images) datasets; a synthetic set is written first."""
+    from .tasks import get_task  # the tasks build their datasets from the readers above
+
+    task = get_task(model.task)
     root = cfg.root
     if cfg.format == "synthetic":
-        layout = "ade20k" if model.task == "seg" else "nyu"
-        if model.task == "seg" and model.num_classes != len(SYNTHETIC_CLASSES):
-            raise ValueError(
-                f"data.format=synthetic has {len(SYNTHETIC_CLASSES)} classes {SYNTHETIC_CLASSES}; "
-                f"set model.num_classes={len(SYNTHETIC_CLASSES)} (it is {model.num_classes})."
-            )
+        task.check_synthetic(model)
+        layout = task.synthetic_layout
         root = write_synthetic(Path(root or Path(output_dir) / "data") / layout, layout, cfg.synthetic)
-    elif cfg.format not in ("ade20k", "nyu"):
-        raise ValueError(f"Unknown data format '{cfg.format}'; choose 'synthetic', 'ade20k' or 'nyu'.")
+    elif cfg.format not in task.formats:
+        raise ValueError(
+            f"data.format={cfg.format!r} is not a format of task {model.task!r}; choose "
+            f"{', '.join(repr(f) for f in ('synthetic', *task.formats))}."
+        )
     elif root is None:
         raise ValueError(f"data.root is required for data.format={cfg.format}.")
-    common = dict(mean=model.image_mean, std=model.image_std, crop_size=cfg.crop_size, short_side=cfg.short_side)
-    if model.task == "seg":
-        seg = dict(common, num_classes=model.num_classes, ignore_index=model.ignore_index)
-        train, val = ADE20KDataset(root, "train", train=True, **seg), ADE20KDataset(root, "val", **seg)
-    else:
-        depth = dict(common, depth_scale=cfg.depth_scale)
-        train = NYUDepthDataset(root, "train", train=True, list_file=cfg.train_list, **depth)
-        val = NYUDepthDataset(root, "val", list_file=cfg.val_list, **depth)
+    train, val = task.datasets(root, cfg, model)
     if cfg.max_eval_images:
         val = torch.utils.data.Subset(val, range(min(cfg.max_eval_images, len(val))))
     return train, val

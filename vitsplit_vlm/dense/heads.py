@@ -75,13 +75,3 @@ class DepthHead(nn.Module):
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
         return self.out(self.norm(self.up(feature_map)))
-
-
-def build_head(task: str, head: str, channels: int, num_classes: int, init_depth: float) -> nn.Module:
-    if task == "depth":
-        return DepthHead(channels, init_depth)
-    if head == "linear":
-        return LinearSegHead(channels, num_classes)
-    if head == "multiscale":
-        return MultiScaleSegHead(channels, num_classes)
-    raise ValueError(f"Unknown segmentation head '{head}'; choose 'linear' or 'multiscale'.")

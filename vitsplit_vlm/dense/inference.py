@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .metrics import DepthMetric, SegmentationMetric
 from .model import DenseSplitModel
 
 
@@ -44,36 +43,56 @@ def sliding_window(
     return total / count
 
 
-@torch.no_grad()
-def predict(
-    model: DenseSplitModel, pixel_values: torch.Tensor, crop_size: int | None = None, stride: int | None = None
-) -> torch.Tensor:
-    """The model's output map (seg logits / depth) for a batch; sliding windows when crop_size is given."""
-    model.eval()
-    pixel_values = pixel_values.to(next(model.parameters()).device)
+def _single_view(model: DenseSplitModel, pixel_values: torch.Tensor, crop_size: int | None, stride: int | None):
     if crop_size is None:
         return model(pixel_values).logits
     return sliding_window(lambda x: model(x).logits, pixel_values, crop_size, stride or crop_size)
 
 
+@torch.no_grad()
+def predict(
+    model: DenseSplitModel, pixel_values: torch.Tensor, crop_size: int | None = None, stride: int | None = None,
+    flip: bool = False, scales: list[float] | None = None,
+) -> torch.Tensor:
+    """The model's output map (seg logits / depth) for a batch; sliding windows when crop_size is given.
+
+    With `flip` or several `scales` (ratios of the input size), mmseg's test-time augmentation: each view's output
+    is resized back to the input size and the task's TTA form (seg: softmax probabilities) is averaged.
+    """
+    model.eval()
+    pixel_values = pixel_values.to(next(model.parameters()).device)
+    scales = list(scales or [1.0])
+    if not flip and scales == [1.0]:
+        return _single_view(model, pixel_values, crop_size, stride)
+    size = pixel_values.shape[-2:]
+    total = 0.0
+    for scale in scales:
+        scaled = pixel_values if scale == 1.0 else F.interpolate(
+            pixel_values, size=[max(1, round(s * scale)) for s in size], mode="bilinear", align_corners=False
+        )
+        for flipped in ((False, True) if flip else (False,)):
+            view = _single_view(model, scaled.flip(-1) if flipped else scaled, crop_size, stride)
+            view = view.flip(-1) if flipped else view
+            if view.shape[-2:] != size:
+                view = F.interpolate(view, size=size, mode="bilinear", align_corners=False)
+            total = total + model.task.tta_form(view)
+    return total / (len(scales) * (2 if flip else 1))
+
+
 def evaluate(
     model: DenseSplitModel, dataset: Dataset, crop_size: int | None = None, stride: int | None = None,
-    progress: bool = False,
+    progress: bool = False, flip: bool = False, scales: list[float] | None = None,
 ) -> dict[str, float | list[float]]:
-    """mIoU / pixel accuracy (seg) or depth errors over a dataset, one image at a time (sizes may differ).
+    """The task's metrics over a dataset (seg: mIoU / accuracies; depth: the standard errors), one image at a time.
 
     Predictions are resized bilinearly to the label size, which may differ from the input when images were resized.
     """
-    cfg = model.config
-    metric = (
-        SegmentationMetric(cfg.num_classes, cfg.ignore_index) if cfg.task == "seg"
-        else DepthMetric(cfg.min_depth, cfg.max_depth)
-    )
+    metric = model.task.metric(model.config)
     for index in tqdm(range(len(dataset)), desc="evaluate", disable=not progress):
         item = dataset[index]
         labels = item["labels"][None]
-        out = predict(model, item["pixel_values"][None], crop_size, stride).float().cpu()
+        out = predict(model, item["pixel_values"][None], crop_size, stride, flip, scales).float().cpu()
         if out.shape[-2:] != labels.shape[-2:]:
             out = F.interpolate(out, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        metric.update(out.argmax(1) if cfg.task == "seg" else out[:, 0], labels)
+        metric.update(model.task.prediction(out), labels)
     return metric.compute()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,65 +20,18 @@ from transformers import AutoConfig
 from transformers.utils import ModelOutput
 
 from ..vision import ViTSplit, ViTSplitConfig, build_tower, load_tower
-from .heads import build_head
+from .config import DenseModelConfig
+from .tasks import get_task
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
 
 @dataclass
-class DenseModelConfig:
-    """What the head predicts and how it is supervised; saved with the checkpoint."""
-
-    task: str = "seg"  # "seg" | "depth"
-    head: str = "linear"  # segmentation head: "linear" (the paper's) | "multiscale"
-    num_classes: int = 150
-    ignore_index: int = 255
-    min_depth: float = 1e-3  # predicted depth is clamped to [min_depth, max_depth] (metres)
-    max_depth: float = 10.0
-    init_depth: float = 1.0  # depth the head predicts at initialisation (metres)
-    silog_lambda: float = 0.85  # variance focus of SILog: 1 = fully scale-invariant, 0 = plain log-L2
-    silog_weight: float = 10.0  # the paper's loss_weight
-    # Input normalisation the model was trained with (the tower's image processor statistics).
-    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-
-    def __post_init__(self) -> None:
-        if self.task not in ("seg", "depth"):
-            raise ValueError(f"Unknown dense task '{self.task}'; choose 'seg' or 'depth'.")
-        if not 0 < self.min_depth < self.max_depth:
-            raise ValueError(f"Need 0 < min_depth < max_depth, got {self.min_depth} and {self.max_depth}.")
-
-    def to_json_string(self) -> str:
-        """What the Trainer's TensorBoard callback calls on `model.config`."""
-        return json.dumps(asdict(self), indent=2)
-
-
-@dataclass
 class DenseOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None  # seg: B x C x H x W class scores; depth: B x 1 x H x W depth in metres
-
-
-def silog_loss(log_pred: torch.Tensor, target: torch.Tensor, lam: float = 0.85, weight: float = 10.0) -> torch.Tensor:
-    """Scale-invariant log loss (Eigen et al.) over valid pixels (target > 0) of the whole batch.
-
-    weight * sqrt(mean(g^2) - lam * mean(g)^2), g = log_pred - log(target). A batch without valid pixels gives 0.
-    """
-    valid = target > 0
-    g = log_pred[valid] - torch.log(target[valid])
-    if g.numel() == 0:
-        return log_pred.sum() * 0.0
-    return weight * torch.sqrt((g.square().mean() - lam * g.mean().square()).clamp_min(1e-12))
-
-
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Cross-entropy averaged over non-ignored pixels; 0 (not NaN) when a batch has none."""
-    total = F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="sum")
-    return total / (labels != ignore_index).sum().clamp_min(1)
 
 
 class DenseSplitModel(nn.Module):
@@ -94,7 +47,8 @@ class DenseSplitModel(nn.Module):
         self.config = replace(config)
         # Not a config field: the Trainer's DeepSpeed integration sizes ZeRO's "auto" buckets from it.
         self.config.hidden_size = split.out_channels
-        self.head = build_head(config.task, config.head, split.out_channels, config.num_classes, config.init_depth)
+        self.task = get_task(config.task)
+        self.head = self.task.build_head(self.config, split.out_channels)
 
     @classmethod
     def from_tower(cls, tower_path: str | Path, split_config: ViTSplitConfig, config: DenseModelConfig) -> "DenseSplitModel":
@@ -110,17 +64,9 @@ class DenseSplitModel(nn.Module):
         size = tuple(pixel_values.shape[-2:])
         if labels is not None and tuple(labels.shape[-2:]) != size:
             raise ValueError(f"labels are {tuple(labels.shape[-2:])} but pixel_values are {size}; they must match.")
-        out = self._to_input_frame(self.head(self.split(pixel_values).feature_map), size)
-        cfg = self.config
-        if cfg.task == "seg":
-            loss = None if labels is None else segmentation_loss(out, labels, cfg.ignore_index)
-            return DenseOutput(loss=loss, logits=out)
-        depth = out.exp().clamp(cfg.min_depth, cfg.max_depth)
-        loss = None
-        if labels is not None:
-            target = labels.view_as(out).to(out.dtype)
-            loss = silog_loss(out, target, cfg.silog_lambda, cfg.silog_weight)
-        return DenseOutput(loss=loss, logits=depth)
+        head_map = self._to_input_frame(self.head(self.split(pixel_values).feature_map), size)
+        loss, out = self.task.outputs(head_map, labels, self.config)
+        return DenseOutput(loss=loss, logits=out)
 
     def _to_input_frame(self, head_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Resize the head map to the patch-padded input, then crop the centre padding the split module added."""

@@ -14,12 +14,13 @@ import argparse
 import json
 
 from ..config import config_argument, load_config
+from .tasks import TASKS
 from .train import DenseRunConfig, train
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=["seg", "depth"], help="sets model.task; default config: the shipped dense_<task>")
+    parser.add_argument("--task", choices=sorted(TASKS), help="sets model.task; default config: the shipped dense_<task>")
     parser.add_argument("--config", type=config_argument, help="run config: a YAML file or a shipped name (dense_seg, dense_depth)")
     parser.add_argument("--init-from-vlm", help="VLM checkpoint dir whose split module (tower + heads) to train on")
     parser.add_argument("--deepspeed", help="DeepSpeed JSON file or shipped name (zero2)")
@@ -27,10 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)
     if not (args.task or args.config):
-        parser.error("give --task seg|depth or --config FILE")
+        parser.error(f"give --task {'|'.join(sorted(TASKS))} or --config FILE")
     overrides = [f"model.task={args.task}"] if args.task else []
     if args.init_from_vlm:
-        overrides.append(f"init_from_vlm={args.init_from_vlm}")
+        # The VLM checkpoint holds its split: the config's model.split does not apply.
+        overrides += [f"init_from_vlm={args.init_from_vlm}", "model.split=null", "model.split_options=null"]
     if args.deepspeed:
         overrides.append(f"train.deepspeed={args.deepspeed}")
     cfg = load_config(DenseRunConfig, args.config or f"dense_{args.task}", overrides + args.overrides)

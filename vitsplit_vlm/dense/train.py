@@ -12,6 +12,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
@@ -20,10 +21,11 @@ from ..config import shipped_deepspeed
 from ..train.distributed import init_distributed
 from ..train.logs import RunLogCallback, setup_logging
 from ..train.optim import grouped_param_groups
-from ..vision import ViTSplit, ViTSplitConfig, load_tower, split_preset
+from ..vision import SPLIT_PRESETS, ViTSplit, load_tower, resolve_split
 from .data import DenseDataConfig, build_datasets
 from .inference import evaluate
-from .model import DenseModelConfig, DenseSplitModel, load_split_from_vlm
+from .config import DenseModelConfig
+from .model import DenseSplitModel, load_split_from_vlm
 
 logger = logging.getLogger("vitsplit_vlm.dense")
 
@@ -56,6 +58,8 @@ class DenseTrainingConfig:
 class DenseEvalConfig:
     crop_size: int | None = 84  # sliding-window size; None: whole images in one pass
     stride: int | None = 56
+    flip: bool = False  # test-time augmentation: average with the flipped image
+    scales: list[float] | None = None  # multi-scale TTA, ratios of the eval size (mmseg's aug_test: 0.5..1.75)
 
 
 @dataclass
@@ -63,12 +67,16 @@ class DenseRunConfig:
     output_dir: str = "runs/dense"
     tower: str | None = None  # vision tower saved with save_pretrained; None: a tiny demo DINOv2 built in output_dir
     init_from_vlm: str | None = None  # a VLM checkpoint dir: use its split module (tower + trained heads)
-    split_preset: str | None = None  # a paper setting by name (e.g. dinov2-s, see vision/presets.py): replaces split
-    split: ViTSplitConfig = field(default_factory=lambda: ViTSplitConfig(task_layers=2, prior_layers=[1, 3, 5]))
     model: DenseModelConfig = field(default_factory=DenseModelConfig)
     data: DenseDataConfig = field(default_factory=DenseDataConfig)
     train: DenseTrainingConfig = field(default_factory=DenseTrainingConfig)
     eval: DenseEvalConfig = field(default_factory=DenseEvalConfig)
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "split_preset": "name the preset in model.split (e.g. model.split: dinov2-s), as the VLM configs do.",
+        "split": "name a preset in model.split and give settings over it in model.split_options "
+        "(e.g. model.split_options: {task_layers: 2, prior_layers: [1, 3, 5]}), as the VLM configs do.",
+    }
 
 
 def poly_factor(step: int, warmup: int, total: int, power: float, end_ratio: float) -> float:
@@ -137,18 +145,25 @@ def _processor_stats(checkpoint_dir: Path) -> tuple[list[float], list[float]] | 
 
 def build_split(cfg: DenseRunConfig) -> tuple[ViTSplit, Path]:
     """The split module and the checkpoint directory it came from."""
+    model = cfg.model
     if cfg.init_from_vlm:
         if cfg.tower:
             raise ValueError("Set either tower or init_from_vlm: the VLM checkpoint already holds its tower.")
-        if cfg.split_preset:
-            raise ValueError("Set either split_preset or init_from_vlm: the VLM checkpoint already holds its split.")
+        if model.split or model.split_options:
+            raise ValueError(
+                "Set either model.split/model.split_options or init_from_vlm: the VLM checkpoint already holds its split."
+            )
         return load_split_from_vlm(cfg.init_from_vlm), Path(cfg.init_from_vlm)
+    if model.split is None:
+        raise ValueError(
+            f"model.split is not set: name a split preset ({', '.join(sorted(SPLIT_PRESETS))}) or set init_from_vlm."
+        )
+    split_config = resolve_split(model.split, model.split_options)
     tower_dir = Path(cfg.tower) if cfg.tower else None
     if tower_dir is None:
         from ..tiny import build_tiny_checkpoints
 
         tower_dir = build_tiny_checkpoints(Path(cfg.output_dir) / "tiny", size="demo", seed=cfg.train.seed)["dinov2"]
-    split_config = split_preset(cfg.split_preset) if cfg.split_preset else cfg.split
     return ViTSplit(load_tower(tower_dir), split_config), tower_dir
 
 
@@ -224,7 +239,9 @@ def train(cfg: DenseRunConfig) -> dict:
         return {}
     logger.info("trained as %s", type(trainer.model_wrapped).__name__)  # DeepSpeedEngine under --deepspeed
     model.save_pretrained(out / "model")
-    metrics = evaluate(model, val_set, cfg.eval.crop_size, cfg.eval.stride, progress=True)
+    metrics = evaluate(
+        model, val_set, cfg.eval.crop_size, cfg.eval.stride, progress=True, flip=cfg.eval.flip, scales=cfg.eval.scales
+    )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.info("validation metrics: %s", json.dumps(metrics))
     return metrics
