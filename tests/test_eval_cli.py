@@ -1,7 +1,6 @@
 """eval/vqav2.py and eval/gqa.py without a model: a fake answerer is injected, the sets are synthetic files in the
 official formats. Covers resuming, sharding (flags and torchrun env), merging, scoring and bad input."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,22 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vitsplit_vlm.metrics.gqa import load_gqa_questions, score_gqa
-from vitsplit_vlm.metrics.io import EvalInputError, atomic_write_json, read_jsonl, select_chunk
-from vitsplit_vlm.metrics.vqa import load_vqav2_annotations, normalize_answer, score_vqav2
+from vitsplit_vlm.eval.cli import SHORT_ANSWER, main
+from vitsplit_vlm.eval.gqa import load_gqa_questions, score_gqa
+from vitsplit_vlm.eval.io import EvalInputError, atomic_write_json, read_jsonl, select_chunk
+from vitsplit_vlm.eval.vqa_accuracy import normalize_answer
+from vitsplit_vlm.eval.vqav2 import load_vqav2_annotations, score_vqav2
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"eval_{name}", REPO / "eval" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-VQAV2 = _load_script("vqav2")
-GQA = _load_script("gqa")
 
 # question i asks "q{i}?"; the fake model answers ANSWERS[i % 4] (raw, un-normalised on purpose)
 ANSWERS = ["Yes.", "Two", "red-white", "a dog"]
@@ -43,9 +33,11 @@ class FakeModel:
         self.builds += 1
         return self.answer
 
-    def answer(self, images, questions):
+    def answer(self, images, prompts):
         assert all(isinstance(im, Image.Image) and im.mode == "RGB" for im in images)
-        assert len(images) == len(questions)
+        assert len(images) == len(prompts)
+        assert all(p.endswith(f"?\n{SHORT_ANSWER}") for p in prompts)  # LLaVA-1.5: question, then instruction
+        questions = [p.split("\n")[0] for p in prompts]
         if self.fail_after is not None and len(self.batches) == self.fail_after:
             raise KeyboardInterrupt("killed")
         self.batches.append(list(questions))
@@ -98,7 +90,7 @@ def _no_torchrun_env(monkeypatch):
 def test_vqav2_run_writes_submission_and_official_scores(tmp_path, capsys):
     qf, af = make_vqav2(tmp_path)
     model = FakeModel()
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af), model.make) == 0
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af), model.make) == 0
     assert [len(b) for b in model.batches] == [3, 3, 3, 1]
     sub = json.loads((tmp_path / "out" / "submission.json").read_text())
     assert sub == [{"question_id": 1000 + i, "answer": normalize_answer(ANSWERS[i % 4])} for i in range(10)]
@@ -111,7 +103,7 @@ def test_vqav2_run_writes_submission_and_official_scores(tmp_path, capsys):
 
     # `score` on the written submission reproduces the same numbers without a model
     sub_path = tmp_path / "out" / "submission.json"
-    assert VQAV2.main(VQAV2.VQAV2, ["score", "--predictions", str(sub_path), "--annotation-file", str(af)]) == 0
+    assert main("vqav2", ["score", "--predictions", str(sub_path), "--annotation-file", str(af)]) == 0
     scored = json.loads((tmp_path / "out" / "submission.summary.json").read_text())
     assert scored["metrics"] == metrics
 
@@ -119,7 +111,7 @@ def test_vqav2_run_writes_submission_and_official_scores(tmp_path, capsys):
 def test_vqav2_resume_after_kill_and_torn_line(tmp_path):
     qf, af = make_vqav2(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af), FakeModel(fail_after=2).make)
+        main("vqav2", vqa_run_args(tmp_path, qf, af), FakeModel(fail_after=2).make)
     chunk = tmp_path / "out" / "answers" / "chunk-000-of-001.jsonl"
     assert len(read_jsonl(chunk)) == 6 and not (tmp_path / "out" / "submission.json").exists()
     with chunk.open("a") as f:  # a write cut off by the kill
@@ -127,7 +119,7 @@ def test_vqav2_resume_after_kill_and_torn_line(tmp_path):
     assert len(read_jsonl(chunk)) == 6
 
     model = FakeModel()
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af), model.make) == 0
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af), model.make) == 0
     assert model.asked == ["q6?", "q7?", "q8?", "q9?"]
     assert [r["question_id"] for r in read_jsonl(chunk)] == list(range(1000, 1010))
     assert chunk.read_text().endswith("}\n")
@@ -135,7 +127,7 @@ def test_vqav2_resume_after_kill_and_torn_line(tmp_path):
     assert summary["metrics"] == expected_vqa_metrics(af, 10)
 
     model = FakeModel()  # everything done: no model is built at all
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af), model.make) == 0
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af), model.make) == 0
     assert model.builds == 0
 
 
@@ -143,16 +135,16 @@ def test_vqav2_chunks_by_flags_then_by_torchrun_env(tmp_path, monkeypatch, capsy
     qf, af = make_vqav2(tmp_path, n=11)
     models = [FakeModel() for _ in range(3)]
     for k in (2, 0):
-        assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af, "out", "--num-chunks", "3", "--chunk-idx",
+        assert main("vqav2", vqa_run_args(tmp_path, qf, af, "out", "--num-chunks", "3", "--chunk-idx",
                                                     str(k)), models[k].make) == 0
         assert not (tmp_path / "out" / "submission.json").exists()
     assert "questions left to other chunks" in capsys.readouterr().err
-    assert VQAV2.main(VQAV2.VQAV2, ["merge", "--question-file", str(qf), "--output-dir", str(tmp_path / "out")]) == 2
+    assert main("vqav2", ["merge", "--question-file", str(qf), "--output-dir", str(tmp_path / "out")]) == 2
     assert "4 of 11 questions are not answered yet" in capsys.readouterr().err
     # the last chunk to finish merges
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "1")
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af), models[1].make) == 0
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af), models[1].make) == 0
     # contiguous near-equal chunks, each question asked exactly once
     assert [m.asked for m in models] == [[f"q{i}?" for i in r] for r in (range(0, 3), range(3, 7), range(7, 11))]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -162,7 +154,7 @@ def test_vqav2_chunks_by_flags_then_by_torchrun_env(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     model = FakeModel()
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af), model.make) == 0
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af), model.make) == 0
     assert model.builds == 0
 
 
@@ -182,7 +174,7 @@ def test_vqav2_test_dev_images_and_full_submission(tmp_path):
     everyone.write_text(json.dumps({"data_subtype": "test2015", "questions": questions + extra}))
     args = ["run", "--model-path", str(tmp_path), "--question-file", str(qf), "--image-dir", str(tmp_path / "images"),
             "--output-dir", str(tmp_path / "out"), "--submission-question-file", str(everyone), "--no-progress"]
-    assert VQAV2.main(VQAV2.VQAV2, args, FakeModel().make) == 0
+    assert main("vqav2", args, FakeModel().make) == 0
     sub = json.loads((tmp_path / "out" / "submission.json").read_text())
     assert sub == [{"question_id": 1000 + i, "answer": normalize_answer(ANSWERS[i])} for i in range(4)] + [
         {"question_id": 5, "answer": ""}]
@@ -193,7 +185,7 @@ def test_vqav2_missing_images_fail_before_anything_is_written(tmp_path, capsys):
     qf, af = make_vqav2(tmp_path, n=4)
     (tmp_path / "images" / "COCO_val2014_000000000101.jpg").unlink()
     model = FakeModel()
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af), model.make) == 2
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af), model.make) == 2
     err = capsys.readouterr().err
     assert "error: 2 of 4 images not found" in err and "COCO_val2014_000000000101.jpg" in err
     assert "--image-name-format 'COCO_{split}_{image_id:012d}.jpg'" in err
@@ -203,9 +195,9 @@ def test_vqav2_missing_images_fail_before_anything_is_written(tmp_path, capsys):
     for p in (tmp_path / "images").iterdir():
         p.rename(p.with_name(p.name.split("_")[-1].lstrip("0")))
     _image(tmp_path / "images" / "101.jpg")
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af, "out", "--image-name-format", "{image_id}.jpg"),
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af, "out", "--image-name-format", "{image_id}.jpg"),
                       model.make) == 0
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af, "o2", "--image-name-format", "{id}.jpg"),
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af, "o2", "--image-name-format", "{id}.jpg"),
                       model.make) == 2
     assert "--image-name-format '{id}.jpg' is invalid" in capsys.readouterr().err
 
@@ -213,22 +205,22 @@ def test_vqav2_missing_images_fail_before_anything_is_written(tmp_path, capsys):
 def test_vqav2_unreadable_image_keeps_finished_batches(tmp_path, capsys):
     qf, af = make_vqav2(tmp_path, n=8)
     (tmp_path / "images" / "COCO_val2014_000000000103.jpg").write_bytes(b"not a jpeg")  # questions 6, 7
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af), FakeModel().make) == 2
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af), FakeModel().make) == 2
     assert "cannot read image" in capsys.readouterr().err
     assert len(read_jsonl(tmp_path / "out" / "answers" / "chunk-000-of-001.jsonl")) == 6
 
 
 def test_vqav2_refuses_to_mix_runs_and_wrong_annotations(tmp_path, capsys):
     qf, af = make_vqav2(tmp_path, n=4)
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af, "out", "--limit", "2"), FakeModel().make) == 0
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af, "out", "--limit", "2"), FakeModel().make) == 0
     assert len(json.loads((tmp_path / "out" / "submission.json").read_text())) == 2
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af, "out", "--instruction", "Answer."),
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af, "out", "--instruction", "Answer."),
                       FakeModel().make) == 2
     assert "holds answers made with other settings" in capsys.readouterr().err
     other = tmp_path / "other_annotations.json"
     anns = json.loads(af.read_text())
     other.write_text(json.dumps({"annotations": anns["annotations"][:2]}))
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, other, "o2"), FakeModel().make) == 2
+    assert main("vqav2", vqa_run_args(tmp_path, qf, other, "o2"), FakeModel().make) == 2
     assert "2 questions of" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
 
@@ -247,7 +239,7 @@ def test_vqav2_score_bad_predictions_write_nothing(tmp_path, capsys, predictions
     _, af = make_vqav2(tmp_path, n=4)
     pf = tmp_path / "preds.json"
     pf.write_text(predictions)
-    assert VQAV2.main(VQAV2.VQAV2, ["score", "--predictions", str(pf), "--annotation-file", str(af)]) == 2
+    assert main("vqav2", ["score", "--predictions", str(pf), "--annotation-file", str(af)]) == 2
     err = capsys.readouterr().err
     assert message in err and str(pf) in err
     assert not (tmp_path / "preds.summary.json").exists()
@@ -260,11 +252,13 @@ def test_vqav2_score_subset_by_question_file(tmp_path):
     qsub = tmp_path / "q1.json"
     qsub.write_text(json.dumps(sub))
     pf = tmp_path / "preds.json"
-    pf.write_text('[{"question_id": 1000, "answer": "Yes"}]')
     out = tmp_path / "s.json"
-    assert VQAV2.main(VQAV2.VQAV2, ["score", "--predictions", str(pf), "--annotation-file", str(af),
-                                    "--question-file", str(qsub), "--summary-file", str(out)]) == 0
-    assert json.loads(out.read_text())["metrics"]["overall"] == 100.0
+    # ten identical "yes": the official code compares without normalising, so "Yes" scores 0 and "yes" 100
+    for answer, expected in (("Yes", 0.0), ("yes", 100.0)):
+        pf.write_text(json.dumps([{"question_id": 1000, "answer": answer}]))
+        assert main("vqav2", ["score", "--predictions", str(pf), "--annotation-file", str(af),
+                              "--question-file", str(qsub), "--summary-file", str(out)]) == 0
+        assert json.loads(out.read_text())["metrics"]["overall"] == expected
 
 
 def make_gqa(root, n=6, with_answers=True):
@@ -287,7 +281,7 @@ def test_gqa_run_and_score(tmp_path):
     qf = make_gqa(tmp_path)
     args = ["run", "--model-path", str(tmp_path), "--question-file", str(qf), "--image-dir", str(tmp_path / "images"),
             "--output-dir", str(tmp_path / "out"), "--no-progress"]
-    assert GQA.main(GQA.GQA, args, FakeModel().make) == 0
+    assert main("gqa", args, FakeModel().make) == 0
     preds = json.loads((tmp_path / "out" / "predictions.json").read_text())
     # raw answers "Yes.", "Two", "red-white", "a dog", ... -> lowercase, no trailing period
     assert preds[:4] == [{"questionId": "20000", "prediction": "yes"}, {"questionId": "20001", "prediction": "two"},
@@ -299,7 +293,7 @@ def test_gqa_run_and_score(tmp_path):
     assert metrics["accuracyPerStructuralType"] == {"logical": 0.0, "query": 0.0, "verify": 50.0}
 
     out = tmp_path / "gqa_summary.json"
-    assert GQA.main(GQA.GQA, ["score", "--predictions", str(tmp_path / "out" / "predictions.json"),
+    assert main("gqa", ["score", "--predictions", str(tmp_path / "out" / "predictions.json"),
                               "--question-file", str(qf), "--summary-file", str(out)]) == 0
     assert json.loads(out.read_text())["metrics"] == metrics
 
@@ -308,12 +302,36 @@ def test_gqa_without_ground_truth_only_writes_predictions(tmp_path, capsys):
     qf = make_gqa(tmp_path, n=3, with_answers=False)
     args = ["run", "--model-path", str(tmp_path), "--question-file", str(qf), "--image-dir", str(tmp_path / "images"),
             "--output-dir", str(tmp_path / "out"), "--no-progress"]
-    assert GQA.main(GQA.GQA, args, FakeModel().make) == 0
+    assert main("gqa", args, FakeModel().make) == 0
     assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 3
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["metrics"] is None
     preds = tmp_path / "out" / "predictions.json"
-    assert GQA.main(GQA.GQA, ["score", "--predictions", str(preds), "--question-file", str(qf)]) == 2
+    assert main("gqa", ["score", "--predictions", str(preds), "--question-file", str(qf)]) == 2
     assert "only files with ground truth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "x"])
+def test_limit_must_be_positive(tmp_path, capsys, limit):
+    qf, af = make_vqav2(tmp_path, n=2)
+    with pytest.raises(SystemExit) as e:
+        main("vqav2", vqa_run_args(tmp_path, qf, af, "out", "--limit", limit), FakeModel().make)
+    assert e.value.code == 2
+    assert f"argument --limit: must be a positive integer, got '{limit}'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_question_file_is_an_error_not_a_zero_score(tmp_path, capsys):
+    qf, af = make_vqav2(tmp_path, n=0)
+    model = FakeModel()
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af), model.make) == 2
+    assert capsys.readouterr().err == (f"error: {qf} holds no vqav2 questions to evaluate; pass the benchmark's "
+                                       "question file (`miniset --out DIR` writes a small one).\n")
+    assert model.builds == 0 and not (tmp_path / "out").exists()
+
+
+def test_unknown_benchmark_is_a_usage_error(capsys):
+    assert main("nope", ["--help"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown benchmark 'nope'; choose one of vqav2, gqa")
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
@@ -357,7 +375,7 @@ def test_scripts_run_from_the_command_line(tmp_path):
 def test_model_path_without_a_checkpoint_is_a_usage_error(tmp_path, capsys):
     qf, af = make_vqav2(tmp_path, n=2)
     (tmp_path / "ckpt").mkdir()
-    assert VQAV2.main(VQAV2.VQAV2, vqa_run_args(tmp_path, qf, af)) == 2
+    assert main("vqav2", vqa_run_args(tmp_path, qf, af)) == 2
     assert capsys.readouterr().err == (
         f"error: {tmp_path / 'ckpt'}: no config.json; pass a directory written by save_pretrained (a trained or "
         "converted checkpoint)\n"
@@ -369,7 +387,6 @@ def test_end_to_end_with_a_tiny_vlm(tiny_vlm_dir, tmp_path):
     import torch
 
     from vitsplit_vlm.conversation import VICUNA_SYSTEM
-    from vitsplit_vlm.metrics.cli import DEFAULT_INSTRUCTION
     from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
 
     qf, af = make_vqav2(tmp_path, n=5)
@@ -382,8 +399,8 @@ def test_end_to_end_with_a_tiny_vlm(tiny_vlm_dir, tmp_path):
     base = ["run", "--model-path", str(tiny_vlm_dir), "--question-file", str(qf), "--image-dir",
             str(tmp_path / "images"), "--annotation-file", str(af), "--output-dir", str(tmp_path / "out"),
             "--batch-size", "2", "--max-new-tokens", "5", "--no-progress"]
-    assert VQAV2.main(VQAV2.VQAV2, base + ["--num-chunks", "2", "--chunk-idx", "1"]) == 0
-    assert VQAV2.main(VQAV2.VQAV2, base + ["--num-chunks", "2", "--chunk-idx", "0"]) == 0
+    assert main("vqav2", base + ["--num-chunks", "2", "--chunk-idx", "1"]) == 0
+    assert main("vqav2", base + ["--num-chunks", "2", "--chunk-idx", "0"]) == 0
     raw = {r["question_id"]: r["answer"] for r in read_jsonl(tmp_path / "out" / "answers" / "chunk-000-of-002.jsonl")
            + read_jsonl(tmp_path / "out" / "answers" / "chunk-001-of-002.jsonl")}
     assert sorted(raw) == [q["question_id"] for q in questions]
@@ -393,7 +410,7 @@ def test_end_to_end_with_a_tiny_vlm(tiny_vlm_dir, tmp_path):
     model = VitSplitLlavaForConditionalGeneration.from_pretrained(tiny_vlm_dir).eval()
     processor = VitSplitLlavaProcessor.from_pretrained(tiny_vlm_dir)
     for q in questions:
-        prompt = f"{VICUNA_SYSTEM} USER: <image>\n{q['question']}\n{DEFAULT_INSTRUCTION} ASSISTANT:"
+        prompt = f"{VICUNA_SYSTEM} USER: <image>\n{q['question']}\n{SHORT_ANSWER} ASSISTANT:"
         with Image.open(tmp_path / "images" / f"COCO_val2014_{q['image_id']:012d}.jpg") as im:
             inputs = processor(text=[prompt], images=[im.convert("RGB")])
         with torch.no_grad():

@@ -207,8 +207,8 @@ def test_converted_llava_hf_gets_model_vqa_loader_ids_from_our_vqav2_evaluation(
     evaluation's answerer, is fed exactly the ids model_vqa_loader builds (image index expanded by the model)."""
     from test_convert import _make_llava_hf
 
-    from vitsplit_vlm.metrics.cli import DEFAULT_INSTRUCTION
-    from vitsplit_vlm.metrics.generation import load_answerer
+    from vitsplit_vlm.eval.cli import SHORT_ANSWER, with_instruction
+    from vitsplit_vlm.eval.generation import load_answerer
     from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration
     from vitsplit_vlm.models.convert_llava_hf import convert_llava_hf
 
@@ -226,9 +226,10 @@ def test_converted_llava_hf_gets_model_vqa_loader_ids_from_our_vqav2_evaluation(
         return generate(self, *args, **kwargs)
 
     monkeypatch.setattr(VitSplitLlavaForConditionalGeneration, "generate", spy)
-    answer = load_answerer(tmp_path / "dst", instruction=DEFAULT_INSTRUCTION, max_new_tokens=2, device="cpu")
+    answer = load_answerer(tmp_path / "dst", max_new_tokens=2, device="cpu")
     questions = ["What color is the circle?", "How many shapes are in the picture?"]
-    answer([Image.new("RGB", (40, 30), "red"), Image.new("RGB", (30, 30), "blue")], questions)
+    answer([Image.new("RGB", (40, 30), "red"), Image.new("RGB", (30, 30), "blue")],
+           [with_instruction(q, SHORT_ANSWER) for q in questions])
 
     theirs = LlamaTokenizer.from_pretrained(copy_sp_model(tiny_ckpts, tmp_path), add_bos_token=True, legacy=legacy)
     expected = [llava_tokenize(llava_v1_prompt([("USER", "<image>\n" + q + LLAVA_VQA_SUFFIX), ("ASSISTANT", None)]),

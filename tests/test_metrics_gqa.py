@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from vitsplit_vlm.metrics import EvalInputError
-from vitsplit_vlm.metrics.gqa import load_gqa_predictions, load_gqa_questions, normalize_gqa_answer, score_gqa
+from vitsplit_vlm.eval import EvalInputError
+from vitsplit_vlm.eval.gqa import load_gqa_predictions, load_gqa_questions, normalize_gqa_answer, score_gqa
 
 
 @pytest.mark.parametrize(

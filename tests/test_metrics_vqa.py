@@ -1,5 +1,6 @@
-"""Official VQA normalisation and accuracy: hand-made tricky answers (expected values worked out from the official
-rules, see vitsplit_vlm/metrics/vqa.py) and the accuracy against an independent leave-one-out computation."""
+"""Official VQA normalisation and accuracy: hand-made tricky answers (expected values worked out by hand from
+GT-Vision-Lab/VQA vqaEval.py at a013f00, see vitsplit_vlm/eval/vqa_accuracy.py) and the accuracy against an
+independent leave-one-out computation."""
 
 import itertools
 import json
@@ -7,18 +8,15 @@ import random
 
 import pytest
 
-from vitsplit_vlm.metrics import EvalInputError
-from vitsplit_vlm.metrics.vqa import (
+from vitsplit_vlm.eval import EvalInputError
+from vitsplit_vlm.eval.vqa_accuracy import (
     exact_match,
-    load_vqav2_annotations,
-    load_vqav2_predictions,
-    load_vqav2_questions,
     normalize_answer,
     process_digit_article,
     process_punctuation,
-    score_vqav2,
     vqa_accuracy,
 )
+from vitsplit_vlm.eval.vqav2 import load_vqav2_annotations, load_vqav2_predictions, load_vqav2_questions, score_vqav2
 
 
 @pytest.mark.parametrize(
@@ -129,20 +127,27 @@ def test_vqa_accuracy_matches_independent_computation():
         assert vqa_accuracy(pred, gts) == pytest.approx(_loo_accuracy(pred, gts))
 
 
-def test_vqa_accuracy_normalises_prediction_not_ground_truth_words():
+def test_vqa_accuracy_normalises_both_sides_when_humans_differ():
+    """a013f00: differing human answers -> humans and prediction both get the punctuation and digit/article passes."""
     gts = ["2"] * 3 + ["3"] * 7
     assert vqa_accuracy("Two.", gts) == pytest.approx(0.9)
-    # ground truth only gets the punctuation pass: no lowercasing, no number words
-    assert vqa_accuracy("yes", ["Yes"] * 5 + ["no"] * 5) == 0.0
-    assert vqa_accuracy("2", ["two"] * 5 + ["no"] * 5) == 0.0
+    assert vqa_accuracy("yes", ["Yes"] * 5 + ["no"] * 5) == 1.0  # the 2016 revision never lowercased humans: 0.0
+    assert vqa_accuracy("2", ["two"] * 5 + ["no"] * 5) == 1.0  # 2016: 0.0
+    assert vqa_accuracy("yes", ["yes!"] * 9 + ["no"]) == 1.0  # "yes!" -> "yes " -> "yes"; 2016: 0.0
+    assert vqa_accuracy("Red-White", ["red-white"] * 9 + ["red"]) == pytest.approx(1.0)
+    assert vqa_accuracy("the red", ["A red"] * 2 + ["Blue"] * 8) == pytest.approx(0.6)
 
 
-def test_vqa_accuracy_ground_truth_punctuation_only_when_answers_differ():
-    # official quirk: identical human answers are compared unprocessed
+def test_vqa_accuracy_identical_humans_are_compared_without_normalisation():
+    """a013f00: ten identical (cleaned) human answers -> neither side is normalised beyond newline/tab/strip."""
+    assert vqa_accuracy("Yes", ["yes"] * 10) == 0.0  # 2016 normalised the prediction: 1.0
+    assert vqa_accuracy("yes.", ["yes"] * 10) == 0.0  # 2016: 1.0
+    assert vqa_accuracy(" yes\n", ["yes"] * 10) == 1.0  # cleaning applies to every answer
+    assert vqa_accuracy("yes", ["yes\t"] * 9 + ["yes"]) == 1.0  # identical once cleaned
     assert vqa_accuracy("red white", ["red-white"] * 10) == 0.0
-    assert vqa_accuracy("red white", ["red-white"] * 9 + ["red"]) == pytest.approx(1.0)
-    # "yes!" -> "yes " (trailing space) never equals a stripped prediction
-    assert vqa_accuracy("yes", ["yes!"] * 9 + ["no"]) == 0.0
+    assert vqa_accuracy("red-white", ["red-white"] * 10) == 1.0
+    # what the VQAv2 CLI submits (fully normalised) scores as the server scores that file
+    assert vqa_accuracy(normalize_answer("Yes."), ["yes"] * 10) == 1.0
 
 
 def test_single_reference_needs_exact_match():
@@ -169,13 +174,14 @@ ANNS = {
 
 def test_score_vqav2_breakdown():
     preds = {1: "Yes", 2: "yes", 3: "two", 4: "blue"}
-    # per question: 1.0, 0.6, 0.6, 0.0
+    # per question: 0.0 ("Yes" against ten identical "yes" is not normalised), 0.6, 0.6, 0.0
     s = score_vqav2(preds, ANNS)
-    assert s["overall"] == pytest.approx(round(100 * 2.2 / 4, 2))
-    assert s["perAnswerType"] == {"number": 60.0, "other": 0.0, "yes/no": 80.0}
-    assert s["perQuestionType"] == {"how many": 60.0, "is the": 80.0, "what color is the": 0.0}
+    assert s["overall"] == 30.0
+    assert s["perAnswerType"] == {"number": 60.0, "other": 0.0, "yes/no": 30.0}
+    assert s["perQuestionType"] == {"how many": 60.0, "is the": 30.0, "what color is the": 0.0}
     assert s["num_questions"] == 4
-    assert score_vqav2(preds, ANNS, question_ids=[1, 3])["overall"] == 80.0
+    assert score_vqav2(preds, ANNS, question_ids=[1, 3])["overall"] == 30.0
+    assert score_vqav2({**preds, 1: "yes"}, ANNS)["overall"] == 55.0
 
 
 def test_score_vqav2_rounds_to_two_decimals_like_official():
@@ -192,6 +198,8 @@ def test_score_vqav2_rejects_missing_and_unknown_ids():
         score_vqav2({1: "a", 2: "a", 3: "a", 4: "a", 99: "a"}, ANNS, source="p.json")
     with pytest.raises(EvalInputError, match=r"1 questions have no annotation \(e\.g\. \[7\]\)"):
         score_vqav2({1: "a"}, ANNS, question_ids=[1, 7])
+    with pytest.raises(EvalInputError, match=r"p\.json: no questions to score"):
+        score_vqav2({}, {}, source="p.json")
 
 
 def _write(path, obj):

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vitsplit_vlm.metrics.generation import vqa_messages
+from vitsplit_vlm.eval.cli import with_instruction
+from vitsplit_vlm.eval.generation import image_prompt_messages
 from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
 from vitsplit_vlm.models.generation import generate_greedy, generate_replies, image_groups, plan_batches
 
@@ -62,7 +63,7 @@ def vqa_set(vlm):
     """4 images with 1 to 3 questions each, interleaved, and the one-at-a-time answers to them."""
     pictures = _images(4)
     images = [pictures[i].copy() for i in IMAGE_OF]  # distinct objects: images are matched by content
-    conversations = [vqa_messages(q, INSTRUCTION) for q in QUESTIONS]
+    conversations = [image_prompt_messages(with_instruction(q, INSTRUCTION)) for q in QUESTIONS]
     return images, conversations, _one_at_a_time(*vlm, images, conversations, "vicuna_v1")
 
 
@@ -92,7 +93,7 @@ def test_the_vision_module_runs_once_per_image(vlm):
     seen = []
     handle = model.vision.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
     try:
-        generate_replies(model, processor, [pictures[i] for i in IMAGE_OF], [vqa_messages(q, "") for q in QUESTIONS],
+        generate_replies(model, processor, [pictures[i] for i in IMAGE_OF], [image_prompt_messages(q) for q in QUESTIONS],
                          max_new_tokens=2, batch_size=2)
     finally:
         handle.remove()
@@ -104,7 +105,7 @@ def test_prompts_without_a_shareable_prefix_take_the_padded_path(vlm):
     model, processor = vlm
     pictures = _images(2)
     images = [pictures[0], pictures[1], pictures[0]]
-    conversations = [vqa_messages(q, INSTRUCTION) for q in QUESTIONS[:3]]
+    conversations = [image_prompt_messages(with_instruction(q, INSTRUCTION)) for q in QUESTIONS[:3]]
     tokens, logits = _one_at_a_time(model, processor, images, conversations, "plain")
     got = generate_greedy(model, processor, images, conversations, template="plain", max_new_tokens=MAX_NEW,
                           batch_size=2, first_logits=True)
@@ -114,7 +115,7 @@ def test_prompts_without_a_shareable_prefix_take_the_padded_path(vlm):
 def test_one_image_per_conversation_is_required(vlm):
     model, processor = vlm
     with pytest.raises(ValueError, match="1 images for 2 conversations: pass one image per conversation"):
-        generate_replies(model, processor, _images(1), [vqa_messages("a", "")] * 2)
+        generate_replies(model, processor, _images(1), [image_prompt_messages("a")] * 2)
 
 
 IMG = 9  # image-token id in the planning tests

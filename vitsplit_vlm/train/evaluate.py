@@ -2,7 +2,7 @@
 
 Prompts are rendered by the processor with the template the model was trained with, from the human turn as the
 training data layer reads it (`record_messages`), so the score measures what training taught, not a prompt
-mismatch. Answers are compared after the official VQA normalisation (`vitsplit_vlm.metrics`), per question type
+mismatch. Answers are compared after the official VQA normalisation (`vitsplit_vlm.eval.vqa_accuracy`), per question type
 when the synthetic set's VQAv2 annotations are available.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..conversation import Message, Template
 from ..data.llava_json import record_messages
-from ..metrics.vqa import exact_match
+from ..eval.vqa_accuracy import exact_match
 from ..models.generation import generate_replies
 from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
 from .config import RunConfig, StageConfig

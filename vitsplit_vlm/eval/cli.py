@@ -1,18 +1,21 @@
-"""Shared ``run`` / ``merge`` / ``score`` command line for the benchmark scripts in ``eval/``.
+"""The ``run`` / ``merge`` / ``score`` / ``miniset`` command line shared by every benchmark (``eval/<name>.py`` or
+``python -m vitsplit_vlm.eval <name>``).
 
-Why one driver: VQAv2 and GQA differ only in file formats and metrics (a ``Benchmark``); the resumable,
-sharded generation flow and its error handling must behave identically for both.
+Why one driver: benchmarks differ only in file formats, prompts and metrics (a ``Benchmark``); the resumable,
+sharded generation flow and its error handling must behave identically for all of them.
 
-* ``run``   answers this process's chunk (``--num-chunks/--chunk-idx``, else torchrun's WORLD_SIZE/RANK), appending
-            to ``<output-dir>/answers/*.jsonl``; whichever process finds every question answered merges.
-* ``merge`` writes the official-format file and ``summary.json`` from finished chunk files.
-* ``score`` scores an existing official-format predictions file, no model needed.
+* ``run``     answers this process's chunk (``--num-chunks/--chunk-idx``, else torchrun's WORLD_SIZE/RANK), appending
+              to ``<output-dir>/answers/*.jsonl``; whichever process finds every question answered merges.
+* ``merge``   writes the official-format file and ``summary.json`` from finished chunk files.
+* ``score``   scores an existing official-format predictions file, no model needed.
+* ``miniset`` writes the benchmark's seeded mini-set in its official format and prints the ``run`` arguments for it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,16 +25,19 @@ from .io import EvalInputError, atomic_write_json, resolve_chunk
 from .runner import ANSWERS_SUBDIR, EvalItem, QuestionId, collect_answers, run_chunk
 
 SUMMARY_NAME = "summary.json"
-DEFAULT_INSTRUCTION = "Answer the question using a single word or phrase."
+SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQAv2 / GQA / POPE instruction
+LETTER_ANSWER = "Answer with the option's letter from the given choices directly."  # ScienceQA / MMBench
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """What differs between benchmarks; see eval/vqav2.py and eval/gqa.py."""
+    """What differs between benchmarks; each module under vitsplit_vlm/eval/ defines one as ``BENCHMARK``."""
 
     name: str
     final_file: str  # official-format output written into --output-dir by merge
-    default_image_name_format: str
+    # --image-name-format default; None when the question file embeds the images (no --image-dir).
+    default_image_name_format: str | None
+    default_instruction: str  # --instruction default: LLaVA-1.5's answer-format line for this benchmark
     # (subcommand, parser): add benchmark-specific options.
     add_args: Callable[[str, argparse.ArgumentParser], None]
     # args -> items in question-file order (image paths need not exist for merge).
@@ -40,28 +46,51 @@ class Benchmark:
     finalize: Callable[[argparse.Namespace, dict[QuestionId, str]], tuple[list[dict], dict | None]]
     # args -> (metrics, description of the inputs for the summary).
     score_file: Callable[[argparse.Namespace], tuple[dict, dict]]
+    # (directory, seed) -> the `run` arguments (besides --model-path / --output-dir) that evaluate the mini-set.
+    write_miniset: Callable[[Path, int], list[str]]
+
+
+def with_instruction(text: str, instruction: str) -> str:
+    """LLaVA-1.5's prompt layout: the question (and options), then the answer-format line on its own line."""
+    return f"{text}\n{instruction}" if instruction else text
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def build_parser(bench: Benchmark) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"eval/{bench.name}.py", description=__doc__,
+    doc = sys.modules[bench.load_items.__module__].__doc__
+    parser = argparse.ArgumentParser(prog=f"eval/{bench.name}.py", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="generate answers (resumable, shardable), then merge and score when complete")
     merge = sub.add_parser("merge", help="merge finished chunk files into the official-format file and score")
     score = sub.add_parser("score", help="score an existing official-format predictions file")
+    miniset = sub.add_parser("miniset", help="write the seeded mini-set (official format) for tests and smoke runs")
+    miniset.add_argument("--out", type=Path, required=True, help="directory to write it into")
+    miniset.add_argument("--seed", type=int, default=0)
     for p in (run, merge):
         p.add_argument("--question-file", type=Path, required=True)
         p.add_argument("--output-dir", type=Path, required=True)
-        p.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
+        p.add_argument("--limit", type=positive_int, default=None, help="only the first N questions (smoke runs)")
     run.add_argument("--model-path", type=Path, required=True)
-    run.add_argument("--image-dir", type=Path, required=True)
-    run.add_argument("--image-name-format", default=bench.default_image_name_format,
-                     help="file name of an image inside --image-dir (default: %(default)s)")
-    run.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="appended to every question")
+    if bench.default_image_name_format is not None:
+        run.add_argument("--image-dir", type=Path, required=True)
+        run.add_argument("--image-name-format", default=bench.default_image_name_format,
+                         help="file name of an image inside --image-dir (default: %(default)s)")
+    run.add_argument("--instruction", default=bench.default_instruction,
+                     help="answer-format line after the question (default: LLaVA-1.5's, %(default)r)")
     run.add_argument("--template", default=None, help="chat template (default: the checkpoint's "
                      "config.conversation_template, else vicuna_v1)")
-    run.add_argument("--batch-size", type=int, default=8)
-    run.add_argument("--max-new-tokens", type=int, default=16)
+    run.add_argument("--batch-size", type=positive_int, default=8)
+    run.add_argument("--max-new-tokens", type=positive_int, default=16)
     run.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK when CUDA is available, else cpu")
     run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                      help="auto: bfloat16 on CUDA, float32 on CPU")
@@ -78,6 +107,9 @@ def build_parser(bench: Benchmark) -> argparse.ArgumentParser:
 
 def _items(bench: Benchmark, args: argparse.Namespace) -> list[EvalItem]:
     items = bench.load_items(args)
+    if not items:  # a score over nothing would read as 0.0
+        raise EvalInputError(f"{args.question_file} holds no {bench.name} questions to evaluate; pass the "
+                             "benchmark's question file (`miniset --out DIR` writes a small one).")
     return items if args.limit is None else items[: args.limit]
 
 
@@ -101,12 +133,13 @@ def cmd_run(bench: Benchmark, args: argparse.Namespace, make_answerer: Callable 
         from .generation import load_answerer  # torch / transformers only when a model is needed
 
         def make_answerer():
-            return load_answerer(args.model_path, instruction=args.instruction, max_new_tokens=args.max_new_tokens,
+            return load_answerer(args.model_path, max_new_tokens=args.max_new_tokens,
                                  template=args.template, device=args.device, dtype=args.dtype)
 
+    hint = (f"Check --image-dir {args.image_dir} and --image-name-format {args.image_name_format!r}."
+            if bench.default_image_name_format is not None else f"Check {args.question_file}.")
     run_chunk(items, make_answerer, args.output_dir, num_chunks, chunk_idx, args.batch_size, run_config,
-              image_hint=f"Check --image-dir {args.image_dir} and --image-name-format {args.image_name_format!r}.",
-              progress=not args.no_progress)
+              image_hint=hint, progress=not args.no_progress)
     answers, pending = collect_answers(args.output_dir, items)
     if pending:
         print(f"chunk {chunk_idx}/{num_chunks} done; {len(pending)} questions left to other chunks. The last chunk "
@@ -135,11 +168,27 @@ def cmd_score(bench: Benchmark, args: argparse.Namespace) -> dict:
     return summary
 
 
-def main(bench: Benchmark, argv: Sequence[str] | None = None, make_answerer: Callable | None = None) -> int:
-    """Entry point of eval/<bench>.py; user errors print one clear line and exit 2 instead of a traceback.
-    ``make_answerer`` replaces the model (tests)."""
+def cmd_miniset(bench: Benchmark, args: argparse.Namespace) -> None:
+    run_args = bench.write_miniset(args.out, args.seed)
+    print(shlex.join(["python", f"eval/{bench.name}.py", "run", "--model-path", "CKPT", *run_args, "--output-dir",
+                      str(args.out / "run")]))
+
+
+def main(bench: Benchmark | str, argv: Sequence[str] | None = None, make_answerer: Callable | None = None) -> int:
+    """Entry point of eval/<bench>.py (``bench``: a Benchmark or a registered name); user errors print one clear
+    line and exit 2 instead of a traceback. ``make_answerer`` replaces the model (tests)."""
+    from . import get_benchmark
+
+    try:
+        bench = get_benchmark(bench) if isinstance(bench, str) else bench
+    except EvalInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     args = build_parser(bench).parse_args(argv)
     try:
+        if args.command == "miniset":
+            cmd_miniset(bench, args)
+            return 0
         if args.command == "run":
             summary = cmd_run(bench, args, make_answerer)
         elif args.command == "merge":

@@ -6,6 +6,7 @@ fake answerer in milliseconds; the model only enters through an ``Answerer`` cal
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from tqdm import tqdm
 from .io import EvalInputError, JsonlAppender, atomic_write_json, load_json, read_jsonl, select_chunk
 
 QuestionId = int | str
-# (images, questions) -> one raw answer string per question.
+# (images, prompts) -> one raw answer string per item. A prompt is the user turn's text after the image (question,
+# options, instruction): every benchmark is answered through this one seam.
 Answerer = Callable[[list[Image.Image], list[str]], list[str]]
 
 ANSWERS_SUBDIR = "answers"
@@ -26,9 +28,12 @@ RUN_CONFIG_NAME = "run_config.json"
 
 @dataclass(frozen=True)
 class EvalItem:
+    """One question to answer: ``image`` is a file or the encoded bytes of an image embedded in the question file
+    (MMBench's TSV); ``prompt`` is the text shown after the image, composed by the benchmark."""
+
     question_id: QuestionId
-    image_path: Path
-    question: str
+    image: Path | bytes
+    prompt: str
 
 
 def image_path(image_dir: Path, name_format: str, **fields: object) -> Path:
@@ -74,7 +79,7 @@ def check_run_config(output_dir: Path, config: dict) -> bool:
 
 def check_images(items: Sequence[EvalItem], hint: str) -> None:
     """Fail before any model work if images are missing, listing a few so the naming problem is obvious."""
-    missing = [str(it.image_path) for it in items if not it.image_path.is_file()]
+    missing = [str(it.image) for it in items if isinstance(it.image, Path) and not it.image.is_file()]
     if missing:
         raise EvalInputError(f"{len(missing)} of {len(items)} images not found (e.g. {missing[:3]}). {hint}")
 
@@ -83,10 +88,11 @@ def _load_images(items: Sequence[EvalItem]) -> list[Image.Image]:
     images = []
     for it in items:
         try:
-            with Image.open(it.image_path) as im:
+            with Image.open(io.BytesIO(it.image) if isinstance(it.image, bytes) else it.image) as im:
                 images.append(im.convert("RGB"))
         except (OSError, UnidentifiedImageError) as e:
-            raise EvalInputError(f"cannot read image {it.image_path} for question {it.question_id!r} ({e}). "
+            where = "the embedded image" if isinstance(it.image, bytes) else f"image {it.image}"
+            raise EvalInputError(f"cannot read {where} for question {it.question_id!r} ({e}). "
                                  "Replace the file; finished answers are kept and the run resumes.") from e
     return images
 
@@ -131,7 +137,7 @@ def run_chunk(
             images = next_images.result()
             if i + 1 < len(batches):
                 next_images = pool.submit(_load_images, batches[i + 1])
-            answers = answerer(images, [it.question for it in batch])
+            answers = answerer(images, [it.prompt for it in batch])
             if len(answers) != len(batch) or not all(isinstance(a, str) for a in answers):
                 raise RuntimeError(f"answerer returned {answers!r:.200} for {len(batch)} questions; "
                                    "it must return one str per question")

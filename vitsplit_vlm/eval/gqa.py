@@ -4,16 +4,26 @@ The official GQA eval.py compares the prediction string to the gold answer exact
 ``isBalanced``, and reports accuracy per structural type (query -> "open", everything else -> "binary") and per
 semantic type. Generated answers need light normalisation first (LLaVA lowercases and strips the trailing period
 before calling eval.py); we apply the same normalisation to both sides so a stray capital or period never counts.
+
+  python eval/gqa.py run --model-path CKPT --question-file testdev_balanced_questions.json \\
+      --image-dir images --output-dir runs/gqa_testdev
+  # -> runs/gqa_testdev/predictions.json ([{"questionId", "prediction"}]) and summary.json
+  python eval/gqa.py score --predictions predictions.json --question-file testdev_balanced_questions.json
 """
 
 from __future__ import annotations
 
+import argparse
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import EvalInputError, check_prediction_ids, load_json, load_prediction_list
+from ..data.synthetic import GQA_TYPES
+from .cli import SHORT_ANSWER, Benchmark, with_instruction
+from .io import EvalInputError, atomic_write_json, check_prediction_ids, load_json, load_prediction_list
+from .minisets import save_jpeg, scene_questions
+from .runner import EvalItem, QuestionId, image_path
 
 
 def normalize_gqa_answer(answer: str) -> str:
@@ -61,6 +71,8 @@ def score_gqa(predictions: Mapping[str, str], questions: list[GQAQuestion], sour
     """Accuracy (percent, 2 decimals) over the balanced questions, overall, binary/open, per structural and
     semantic type, with the question count of every group."""
     scored = [q for q in questions if q.is_balanced]
+    if not scored:
+        raise EvalInputError(f"{source}: no balanced questions to score; pass a non-empty GQA question file.")
     unanswerable = [q.question_id for q in scored if q.answer is None or not q.structural or not q.semantic]
     if unanswerable:
         raise EvalInputError(f"{len(unanswerable)} questions have no 'answer' or 'types' (e.g. {unanswerable[:5]}); "
@@ -78,7 +90,7 @@ def score_gqa(predictions: Mapping[str, str], questions: list[GQAQuestion], sour
         groups["answer"]["open" if q.structural == "query" else "binary"].append(score)
 
     def pct(xs: list[float]) -> float:
-        return round(100 * sum(xs) / len(xs), 2) if xs else 0.0
+        return round(100 * sum(xs) / len(xs), 2) if xs else 0.0  # an empty binary/open group
 
     return {
         "accuracy": pct(overall),
@@ -90,3 +102,54 @@ def score_gqa(predictions: Mapping[str, str], questions: list[GQAQuestion], sour
         "countPerSemanticType": {k: len(v) for k, v in sorted(groups["semantic"].items())},
         "num_questions": len(overall),
     }
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def add_args(command: str, p: argparse.ArgumentParser) -> None:
+    if command == "score":
+        p.add_argument("--question-file", type=Path, required=True, help="official GQA questions with answers")
+
+
+def load_items(args: argparse.Namespace) -> list[EvalItem]:
+    questions = load_gqa_questions(args.question_file)
+    if args.command != "run":  # merge only needs the ids
+        return [EvalItem(q.question_id, Path(), q.question) for q in questions]
+    return [EvalItem(q.question_id, image_path(args.image_dir, args.image_name_format, image_id=q.image_id),
+                     with_instruction(q.question, args.instruction)) for q in questions]
+
+
+def finalize(args: argparse.Namespace, answers: dict[QuestionId, str]) -> tuple[list[dict], dict | None]:
+    """Predictions are written normalised (lowercase, no trailing period) so the official eval.py, which
+    compares strings exactly, scores them as we do. Scored only when the file has ground truth."""
+    preds = {qid: normalize_gqa_answer(a) for qid, a in answers.items()}
+    records = [{"questionId": qid, "prediction": p} for qid, p in preds.items()]
+    asked = [q for q in load_gqa_questions(args.question_file) if q.question_id in preds]  # --limit
+    if any(q.answer is None for q in asked):
+        return records, None
+    return records, score_gqa(preds, asked, source=str(args.output_dir))
+
+
+def score_file(args: argparse.Namespace) -> tuple[dict, dict]:
+    preds = load_gqa_predictions(args.predictions)
+    metrics = score_gqa(preds, load_gqa_questions(args.question_file), source=str(args.predictions))
+    return metrics, {"question_file": str(args.question_file)}
+
+
+def write_miniset(out: Path, seed: int) -> list[str]:
+    """Shapes questions in the official balanced question format, with GQA's structural / semantic types."""
+    questions = {}
+    for i, item in enumerate(scene_questions(12, seed)):
+        structural, semantic, detailed = GQA_TYPES[item.qa.qtype]
+        save_jpeg(item.image, out / "images" / f"n{i}.jpg")
+        questions[f"{20000 + i}"] = {"imageId": f"n{i}", "question": item.qa.question, "answer": item.qa.answer,
+                                     "fullAnswer": item.qa.full_answer, "isBalanced": True,
+                                     "types": {"structural": structural, "semantic": semantic, "detailed": detailed}}
+    qf = atomic_write_json(out / "testdev_balanced_questions.json", questions)
+    return ["--question-file", str(qf), "--image-dir", str(out / "images")]
+
+
+BENCHMARK = Benchmark(name="gqa", final_file="predictions.json", default_image_name_format="{image_id}.jpg",
+                      default_instruction=SHORT_ANSWER, add_args=add_args, load_items=load_items, finalize=finalize,
+                      score_file=score_file, write_miniset=write_miniset)

@@ -1,9 +1,9 @@
-"""The only model-facing part of the evaluation: greedy answers to (image, question) pairs, through
+"""The only model-facing part of the evaluation: greedy answers to (image, prompt) pairs, through
 `vitsplit_vlm.models.generation.generate_replies` (one vision pass and prefix prefill per image).
 
-The prompt is LLaVA-1.5's VQA prompt, ``"<image>\\n{question}\\n{instruction}"`` as the user turn, rendered with the
-chat template the checkpoint was trained with (``config.conversation_template``, else vicuna_v1, as the chat CLI
-does) through the processor, so evaluation sees exactly the layout training used.
+The user turn is LLaVA-1.5's, ``"<image>\\n{prompt}"`` (the benchmark composes the prompt: question, options,
+instruction), rendered with the chat template the checkpoint was trained with (``config.conversation_template``,
+else vicuna_v1, as the chat CLI does) through the processor, so evaluation sees exactly the layout training used.
 """
 
 from __future__ import annotations
@@ -21,33 +21,30 @@ from .io import EvalInputError
 from .runner import Answerer
 
 
-def vqa_messages(question: str, instruction: str) -> list[dict[str, str]]:
-    """One user turn: image first, then the question, then the answer-format instruction (if any)."""
-    text = f"{IMAGE_TOKEN}\n{question}" + (f"\n{instruction}" if instruction else "")
-    return [{"role": "user", "content": text}]
+def image_prompt_messages(prompt: str) -> list[dict[str, str]]:
+    """One user turn: the image first, then the benchmark's prompt."""
+    return [{"role": "user", "content": f"{IMAGE_TOKEN}\n{prompt}"}]
 
 
 def answer_batch(
     model,
     processor,
     images: Sequence[Image.Image],
-    questions: Sequence[str],
+    prompts: Sequence[str],
     *,
-    instruction: str,
     template: str = DEFAULT_TEMPLATE,
     max_new_tokens: int = 16,
 ) -> list[str]:
-    """Greedy answers to VQA questions, each prompted as `vqa_messages` writes it, in one prefix-shared batch
-    (`generate_replies`: the caller sizes the batch, keeping an image's questions together)."""
-    conversations = [vqa_messages(q, instruction) for q in questions]
+    """Greedy answers to (image, prompt) pairs, each prompted as `image_prompt_messages` writes it, in one
+    prefix-shared batch (`generate_replies`: the caller sizes the batch, keeping an image's questions together)."""
+    conversations = [image_prompt_messages(p) for p in prompts]
     return generate_replies(model, processor, images, conversations, template=template,
-                            max_new_tokens=max_new_tokens, batch_size=max(len(questions), 1))
+                            max_new_tokens=max_new_tokens, batch_size=max(len(prompts), 1))
 
 
 def load_answerer(
     model_path: str | Path,
     *,
-    instruction: str,
     max_new_tokens: int,
     template: str | None = None,
     device: str | None = None,
@@ -59,5 +56,4 @@ def load_answerer(
         model, processor, template = load_for_inference(model_path, device=device, dtype=dtype, template=template)
     except (FileNotFoundError, ValueError) as exc:
         raise EvalInputError(str(exc)) from exc
-    return functools.partial(answer_batch, model, processor, instruction=instruction, template=template,
-                             max_new_tokens=max_new_tokens)
+    return functools.partial(answer_batch, model, processor, template=template, max_new_tokens=max_new_tokens)
