@@ -27,6 +27,7 @@ class FakeModel:
 
     device = torch.device("cpu")
     dtype = torch.float32
+    config = None  # no context window; the chat's cache stays empty, so every turn reads the whole prompt
 
     def __init__(self, tokenizer, lockstep: threading.Semaphore | None = None, fail: bool = False):
         self.reply = tokenizer(WORDS, add_special_tokens=False)["input_ids"]
@@ -47,6 +48,7 @@ class FakeModel:
                 self.stopped = True
                 break
         streamer.end()
+        return torch.cat([input_ids, torch.tensor([self.reply[:self.generated]])], dim=1)
 
     def _reader_took_it(self, input_ids, stopping_criteria) -> bool:
         """False once the stopping criteria fire; in lockstep, wait until the reader has the token or stops."""

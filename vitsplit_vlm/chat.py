@@ -7,7 +7,11 @@ LLaVA-1.5-style model sees one image per conversation, so swapping the image sta
 streamed (``TextIteratorStreamer`` fed by ``generate`` in a worker thread).
 
 :class:`ChatModel` is the shared, stateless part (model, processor, template, sampling settings);
-:class:`ChatSession` is one conversation (history + image) on top of it.
+:class:`ChatSession` is one conversation (history + image) on top of it. A session keeps the model's key/value
+cache of what it has already read (:class:`PromptCache`), so a turn prefills only the tokens that follow the
+longest prefix the cache holds: the new user text, not the image and the history again. Reusing the keys and
+values of a prefix is exact (a causal LM's keys at a position depend only on the tokens before it), so the reply
+equals a full re-prefill's (tested).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import BatchFeature, DynamicCache, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .conversation import IMAGE_TOKEN, TEMPLATES, Message
 from .models import to_rgb
@@ -29,6 +33,11 @@ from .models.loading import DEFAULT_TEMPLATE, DTYPES, check_template, load_for_i
 
 COMMANDS_HELP = "Commands: /image PATH, /reset, /quit."
 EMPTY_REPLY = "[empty reply: the model ended its turn at once]"  # shown instead of a blank answer
+NEW_CONVERSATION = "/reset to start a new conversation (then /image to load a picture again)"
+
+
+class ContextWindowFull(Exception):
+    """The prompt does not fit the LM's context window; the message says how to go on."""
 
 
 @dataclass(frozen=True)
@@ -107,30 +116,54 @@ class ChatModel:
         model, processor, template = load_for_inference(model_dir, device=device, dtype=dtype, template=template)
         return cls(model, processor, template, settings or GenerationSettings())
 
+    @property
+    def context_window(self) -> int | None:
+        """The LM's maximum number of positions (prompt + reply), None when the model does not say."""
+        config = self.model.config
+        return None if config is None else config.get_text_config(decoder=True).max_position_embeddings
+
     def inputs(self, messages: list[Message], image: Image.Image | None) -> BatchFeature:
         """``generate`` inputs for a history ending with a user turn (one ``<image>`` iff ``image`` is given)."""
         inputs = self.processor.apply_chat_template(messages, template=self.template, tokenize=True, images=None if image is None else [image])
         return to_model(inputs, self.model)
 
-    def stream(self, messages: list[Message], image: Image.Image | None) -> Iterator[str]:
+    def stream(self, messages: list[Message], image: Image.Image | None, cache: PromptCache | None = None) -> Iterator[str]:
         """Yield the reply to ``messages`` (ending with a user turn) as it is generated.
 
-        ``generate`` runs in a thread feeding a ``TextIteratorStreamer``; closing this iterator early (Ctrl-C, a
-        cancelled web request) stops generation at the next token instead of letting it run to max_new_tokens.
-        An exception raised by ``generate`` is re-raised here.
+        ``cache`` (a session's) holds what the model read before: only the tokens after the longest prefix it
+        shares with this prompt are prefilled, and it holds this prompt and reply afterwards. A prompt that does
+        not fit the context window raises :class:`ContextWindowFull` before any work; the reply is capped at the
+        window. ``generate`` runs in a thread feeding a ``TextIteratorStreamer``; closing this iterator early
+        (Ctrl-C, a cancelled web request) stops generation at the next token instead of letting it run to
+        max_new_tokens. An exception raised by ``generate`` is re-raised here.
         """
         inputs = self.inputs(messages, image)
+        prompt_len = inputs["input_ids"].shape[1]
+        window = self.context_window
+        if window is not None and prompt_len >= window:
+            raise ContextWindowFull(
+                f"[This conversation would need {prompt_len} tokens before the reply, past the model's context "
+                f"window of {window}: {NEW_CONVERSATION}.]"
+            )
+        cache = cache if cache is not None else PromptCache()
+        if cache.reuse(inputs["input_ids"][0].tolist(), self.processor.image_token_id, self.model):
+            inputs.pop("pixel_values", None)  # the image's tokens are in the cache
+        options = self.settings.generate_kwargs()
+        if window is not None:
+            options["max_new_tokens"] = min(options["max_new_tokens"], window - prompt_len)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = threading.Event()
         failures: list[BaseException] = []
 
         def run() -> None:
             try:
-                self.model.generate(
-                    **inputs, **self.settings.generate_kwargs(), streamer=streamer,
+                sequences = self.model.generate(
+                    **inputs, **options, cache=cache.cache, streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
                 )
+                cache.read(sequences[0].tolist())
             except BaseException as exc:  # noqa: BLE001 -- handed to the reading thread below
+                cache.drop()  # a forward that failed midway may have filled only some layers
                 failures.append(exc)
                 streamer.end()  # unblock the reader
 
@@ -147,6 +180,37 @@ class ChatModel:
             raise failures[0]
 
 
+@dataclass
+class PromptCache:
+    """The LM's key/value cache of one conversation and the token ids it holds, in order."""
+
+    cache: DynamicCache | None = None
+    ids: list[int] = field(default_factory=list)
+
+    def drop(self) -> None:
+        self.cache, self.ids = None, []
+
+    def reuse(self, prompt: list[int], image_token_id: int, model: Any) -> bool:
+        """Get ready to read ``prompt``: keep the longest prefix of it the cache holds, cropped so at least one
+        prompt token is left to feed, if that prefix covers every image token (image tokens have the same id for
+        any picture, so a new image must never match an old one: sessions drop the cache when the image changes).
+        Otherwise start an empty cache. Returns whether the image tokens are cached."""
+        shared = next((i for i, (a, b) in enumerate(zip(self.ids, prompt)) if a != b), min(len(self.ids), len(prompt)))
+        keep = min(shared, len(prompt) - 1)
+        image_end = max((i + 1 for i, t in enumerate(prompt) if t == image_token_id), default=0)
+        if self.cache is None or keep == 0 or keep < image_end:
+            self.cache, self.ids = DynamicCache(config=model.config), []
+            return False
+        self.cache.crop(keep - self.cache.get_seq_length())
+        self.ids = self.ids[:keep]
+        return image_end > 0
+
+    def read(self, sequence: list[int]) -> None:
+        """After ``generate``: the cache holds the first ``get_seq_length()`` tokens of prompt + reply (the last
+        token generated was never fed back)."""
+        self.ids = sequence[:self.cache.get_seq_length()]
+
+
 class ChatSession:
     """One conversation: the history (plain text, as typed) and the image, with LLaVA's one-image rule.
 
@@ -155,8 +219,9 @@ class ChatSession:
     The ``plain`` template (stage-1 checkpoints) renders only the image, so each of its turns stands alone.
     """
 
-    def __init__(self, chat_model: ChatModel):
+    def __init__(self, chat_model: ChatModel, reuse_cache: bool = True):
         self.chat_model = chat_model
+        self.cache = PromptCache() if reuse_cache else None  # None: re-read the whole conversation every turn
         self.messages: list[Message] = []
         self.image: Image.Image | None = None
         self.image_path: str | None = None
@@ -164,8 +229,13 @@ class ChatSession:
         self.image_turn: int | None = None  # index in messages of the user turn holding the image
 
     def reset(self) -> None:
-        """Forget the history and the image."""
+        """Forget the history, the image and the cache."""
         self.messages, self.image, self.image_path, self.image_label, self.image_turn = [], None, None, None, None
+        self._drop_cache()
+
+    def _drop_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.drop()
 
     def set_image(self, path: str | Path, label: str | None = None) -> str:
         """Load (or swap) the image; returns the message to show, naming it ``label`` (default: the path).
@@ -182,6 +252,7 @@ class ChatSession:
             self.messages = []
             note = " Started a new conversation: the model sees one image per conversation."
         self.image, self.image_path, self.image_label, self.image_turn = image, str(path), label, None
+        self._drop_cache()  # its image tokens (same ids for any picture) would stand for the old image
         return f"Loaded image {label} ({image.width}x{image.height}).{note}"
 
     def prompt_messages(self, text: str) -> tuple[list[Message], int | None]:
@@ -197,16 +268,26 @@ class ChatSession:
         return turns, image_turn
 
     def ask(self, text: str) -> Iterator[str]:
-        """Stream the reply to ``text``; the turn joins the history only once the reply is complete."""
+        """Stream the reply to ``text``; the turn joins the history only once the reply is complete. A turn that
+        would pass the context window yields a message saying so (and how to go on) instead, and is not kept."""
         text = text.replace(IMAGE_TOKEN, "").strip()  # a typed "<image>" would be a placeholder with no pixels
         turns, image_turn = self.prompt_messages(text)
         reply = []
         # closing(): closing this generator must close the model's stream now (which stops generate), not
         # whenever the garbage collector gets to it.
-        with closing(self.chat_model.stream(turns, self.image if image_turn is not None else None)) as stream:
-            for chunk in stream:
-                reply.append(chunk)
-                yield chunk
+        image = self.image if image_turn is not None else None
+        cache = self.cache if self.cache is not None else PromptCache()
+        with closing(self.chat_model.stream(turns, image, cache)) as stream:
+            try:
+                for chunk in stream:
+                    reply.append(chunk)
+                    yield chunk
+            except ContextWindowFull as full:
+                yield str(full)
+                return
+        window = self.chat_model.context_window
+        if window is not None and len(cache.ids) + 1 >= window:
+            yield f" [The reply stopped at the model's context window of {window} tokens: {NEW_CONVERSATION}.]"
         if image_turn is not None and self.chat_model.template != "plain":
             self.image_turn = image_turn
         self.messages += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(reply).strip()}]
