@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 BENCHMARKS: dict[str, str] = {
     "vqav2": "vqav2",
     "gqa": "gqa",
+    "vizwiz": "vizwiz",
+    "pope": "pope",
+    "mmbench": "mmbench",
+    "scienceqa": "scienceqa",
 }
 
 

@@ -99,7 +99,7 @@ def build_parser(bench: Benchmark) -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     score.add_argument("--predictions", type=Path, required=True, help=f"official-format file, e.g. {bench.final_file}")
     score.add_argument("--summary-file", type=Path, default=None,
-                       help="default: <predictions without .json>.summary.json next to the predictions")
+                       help="default: <predictions without its extension>.summary.json next to it")
     for name, p in (("run", run), ("merge", merge), ("score", score)):
         bench.add_args(name, p)
     return parser
@@ -162,8 +162,7 @@ def cmd_merge(bench: Benchmark, args: argparse.Namespace) -> dict:
 def cmd_score(bench: Benchmark, args: argparse.Namespace) -> dict:
     metrics, inputs = bench.score_file(args)
     summary = {"benchmark": bench.name, "predictions_file": str(args.predictions), **inputs, "metrics": metrics}
-    out = args.summary_file or args.predictions.with_name(args.predictions.name.removesuffix(".json")
-                                                          + ".summary.json")
+    out = args.summary_file or args.predictions.with_name(f"{args.predictions.stem}.summary.json")
     atomic_write_json(out, summary)
     return summary
 

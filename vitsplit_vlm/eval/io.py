@@ -1,4 +1,4 @@
-"""File helpers shared by the VQAv2 / GQA evaluations.
+"""File helpers shared by the benchmarks.
 
 Why: evaluations run for hours on many processes. Per-question results are appended to JSONL files so a killed
 run resumes where it stopped, final files are written atomically so a crash never leaves a half-written
@@ -33,6 +33,25 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
         raise EvalInputError(f"{what} {path} is not valid JSON ({e}). Re-download or regenerate it.") from e
 
 
+def load_jsonl(path: str | os.PathLike, what: str) -> list[dict]:
+    """Read an input JSON-lines file (LLaVA's question and answer files); any bad line is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalInputError(f"{what} not found: {path}. Check the path.")
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EvalInputError(f"{what} {path}:{lineno} is not valid JSON ({e}). Fix or regenerate the file.") from e
+        if not isinstance(rec, dict):
+            raise EvalInputError(f"{what} {path}:{lineno} is not a JSON object. Fix or regenerate the file.")
+        records.append(rec)
+    return records
+
+
 def load_prediction_list(path: str | os.PathLike, what: str, id_key: str, id_type: type, answer_key: str) -> dict:
     """An official predictions file ``[{id_key: id, answer_key: str}, ...]`` -> {id: answer}, one per question."""
     schema = f'{{"{id_key}": {id_type.__name__}, "{answer_key}": str}}'
@@ -51,14 +70,18 @@ def load_prediction_list(path: str | os.PathLike, what: str, id_key: str, id_typ
     return preds
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON to a temp file in the same directory, then os.replace it, so readers never see a partial file."""
+def atomic_write_json(path: str | os.PathLike, obj: Any, lines: bool | None = None) -> Path:
+    """Write JSON, or JSON lines for a list (``lines``; default: for ``*.jsonl`` names), to a temp file in the same
+    directory, then os.replace it, so readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False)
+            if path.suffix == ".jsonl" if lines is None else lines:
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in obj))
+            else:
+                json.dump(obj, f, ensure_ascii=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

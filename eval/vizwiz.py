@@ -1,0 +1,8 @@
+"""Entry point: `python eval/vizwiz.py --help`; the benchmark lives in vitsplit_vlm/eval/vizwiz.py."""
+
+import sys
+
+from vitsplit_vlm.eval.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("vizwiz"))
