@@ -42,8 +42,8 @@ def test_converts_to_llava_json_grouping_train_questions_by_image(tmp_path):
             {"from": "human", "value": q("is there a red shape?", True)}, {"from": "gpt", "value": "no"}]},
     ]
     val = json.loads(paths["val"].read_text())
-    assert [(r["id"], r["image"], r["conversations"][1]["value"]) for r in val] == [
-        ("test_0", "test/0.png", "circle"), ("test_1", "test/0.png", "yes")]
+    assert [(r["id"], r["image"], r["conversations"][1]["value"], r["question_type"]) for r in val] == [
+        ("test_0", "test/0.png", "circle", "shape"), ("test_1", "test/0.png", "yes", "yes/no")]
     assert (paths["images"] / "train" / "2.png").read_bytes() == (data / "train" / "images" / "2.png").read_bytes()
     for name in ("train", "val"):
         assert scan_records(load_llava_json(paths[name], cache_dir=tmp_path / "hf"), paths["images"]).bad == []

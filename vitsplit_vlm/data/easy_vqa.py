@@ -8,7 +8,8 @@ The package ships ``easy_vqa/data/{train,test}/images/<image_id>.png`` and
 
 writes ``DIR/images/{train,test}/<id>.png`` (hard links), ``DIR/train.json`` (one record per image, its
 questions as turns, as LLaVA-1.5 packs VQAv2) and ``DIR/val.json`` (the test split, one record per question,
-id ``test_<n>``); train with ``--image-dir DIR/images``.
+id ``test_<n>``, with its ``question_type``: yes/no, shape or color, read off the answer); train with
+``--image-dir DIR/images``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ from pathlib import Path
 from vitsplit_vlm.data.synthetic import link_or_copy, vqa_record, write_json
 
 SPLITS = {"train": "train", "test": "val"}  # easy-vqa split -> our file
+SHAPES = ("circle", "rectangle", "triangle")  # easy-vqa's shapes; every other non-yes/no answer is a colour
+
+
+def question_type(answer: str) -> str:
+    """easy-vqa's three kinds of question, told apart by their answer vocabularies."""
+    if answer in ("yes", "no"):
+        return "yes/no"
+    return "shape" if answer in SHAPES else "color"
 
 
 def package_data_dir() -> Path:
@@ -54,7 +63,8 @@ def convert(out_dir: str | Path, data_dir: str | Path | None = None) -> dict[str
                 by_image[image_id].append((question, answer))
             records = [vqa_record(f"train_{i}", f"train/{i}.png", qas) for i, qas in sorted(by_image.items())]
         else:
-            records = [vqa_record(f"test_{n}", f"test/{i}.png", [(q, a)]) for n, (q, a, i) in enumerate(questions)]
+            records = [{**vqa_record(f"test_{n}", f"test/{i}.png", [(q, a)]), "question_type": question_type(a)}
+                       for n, (q, a, i) in enumerate(questions)]
         paths[name] = write_json(out / f"{name}.json", records)
     return paths
 

@@ -16,7 +16,8 @@ writes into DIR:
 
     images/                     train_NNNNN.jpg, val_NNNNN.jpg (JPEG, 4:4:4, quality 95)
     train.json                  LLaVA records, one per train image, 1-3 question turns, plus a few text-only rows
-    val.json                    LLaVA records, one per val question; id == VQAv2 question_id == GQA qid
+    val.json                    LLaVA records, one per val question, with its question_type; id == VQAv2
+                                question_id == GQA qid
     stage1.json                 LLaVA records with plain captions ("a red circle and a blue square")
     vqav2/questions.json        VQAv2 val2014-style questions
     vqav2/annotations.json      VQAv2-style annotations (10 identical answers each)
@@ -259,7 +260,7 @@ def generate(out_dir: str | Path, num_train: int = 2000, num_val: int = 200, ima
         for k, qa in enumerate(sample_questions(scene, 3, val_rng)):
             qid = image_id * 10 + k
             val_qas.append(qa)
-            val.append(vqa_record(str(qid), f"{stem}.jpg", [(qa.question, qa.answer)]))
+            val.append({**vqa_record(str(qid), f"{stem}.jpg", [(qa.question, qa.answer)]), "question_type": qa.qtype})
             vq_questions.append({"image_id": image_id, "question": qa.question, "question_id": qid})
             vq_annotations.append({
                 "question_type": qa.qtype, "answer_type": ANSWER_TYPES.get(qa.qtype, "other"),
