@@ -13,6 +13,7 @@ from PIL import Image
 from vitsplit_vlm.eval.cli import SHORT_ANSWER, main
 from vitsplit_vlm.eval.gqa import load_gqa_questions, score_gqa
 from vitsplit_vlm.eval.io import EvalInputError, atomic_write_json, read_jsonl, select_chunk
+from vitsplit_vlm.eval.runner import EvalItem, image_batches
 from vitsplit_vlm.eval.vqa_accuracy import normalize_answer
 from vitsplit_vlm.eval.vqav2 import load_vqav2_annotations, score_vqav2
 
@@ -91,7 +92,7 @@ def test_vqav2_run_writes_submission_and_official_scores(tmp_path, capsys):
     qf, af = make_vqav2(tmp_path)
     model = FakeModel()
     assert main("vqav2", vqa_run_args(tmp_path, qf, af), model.make) == 0
-    assert [len(b) for b in model.batches] == [3, 3, 3, 1]
+    assert [len(b) for b in model.batches] == [2, 2, 2, 2, 2]  # whole images (2 questions each), <= --batch-size 3
     sub = json.loads((tmp_path / "out" / "submission.json").read_text())
     assert sub == [{"question_id": 1000 + i, "answer": normalize_answer(ANSWERS[i % 4])} for i in range(10)]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -113,14 +114,14 @@ def test_vqav2_resume_after_kill_and_torn_line(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         main("vqav2", vqa_run_args(tmp_path, qf, af), FakeModel(fail_after=2).make)
     chunk = tmp_path / "out" / "answers" / "chunk-000-of-001.jsonl"
-    assert len(read_jsonl(chunk)) == 6 and not (tmp_path / "out" / "submission.json").exists()
+    assert len(read_jsonl(chunk)) == 4 and not (tmp_path / "out" / "submission.json").exists()
     with chunk.open("a") as f:  # a write cut off by the kill
-        f.write('{"question_id": 1006, "ans')
-    assert len(read_jsonl(chunk)) == 6
+        f.write('{"question_id": 1004, "ans')
+    assert len(read_jsonl(chunk)) == 4
 
     model = FakeModel()
     assert main("vqav2", vqa_run_args(tmp_path, qf, af), model.make) == 0
-    assert model.asked == ["q6?", "q7?", "q8?", "q9?"]
+    assert model.asked == ["q4?", "q5?", "q6?", "q7?", "q8?", "q9?"]
     assert [r["question_id"] for r in read_jsonl(chunk)] == list(range(1000, 1010))
     assert chunk.read_text().endswith("}\n")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -145,8 +146,8 @@ def test_vqav2_chunks_by_flags_then_by_torchrun_env(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "1")
     assert main("vqav2", vqa_run_args(tmp_path, qf, af), models[1].make) == 0
-    # contiguous near-equal chunks, each question asked exactly once
-    assert [m.asked for m in models] == [[f"q{i}?" for i in r] for r in (range(0, 3), range(3, 7), range(7, 11))]
+    # contiguous chunks of near-equal image counts (2 questions per image, 1 on the last), each question asked once
+    assert [m.asked for m in models] == [[f"q{i}?" for i in r] for r in (range(0, 4), range(4, 8), range(8, 11))]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["metrics"] == expected_vqa_metrics(af, 11)
 
@@ -156,6 +157,13 @@ def test_vqav2_chunks_by_flags_then_by_torchrun_env(tmp_path, monkeypatch, capsy
     model = FakeModel()
     assert main("vqav2", vqa_run_args(tmp_path, qf, af), model.make) == 0
     assert model.builds == 0
+
+
+def test_image_batches_keep_images_whole():
+    items = [EvalItem(i, Path(f"{image}.jpg"), f"q{i}") for i, image in enumerate("aabacccccd")]
+    batches = [[it.question_id for it in b] for b in image_batches(items, 3)]
+    # a's three questions (one asked after b's) together; c's five exceed the batch size and stay one batch
+    assert batches == [[0, 1, 3], [2], [4, 5, 6, 7, 8], [9]]
 
 
 def test_select_chunk_partitions():

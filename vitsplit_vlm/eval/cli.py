@@ -89,7 +89,9 @@ def build_parser(bench: Benchmark) -> argparse.ArgumentParser:
                      help="answer-format line after the question (default: LLaVA-1.5's, %(default)r)")
     run.add_argument("--template", default=None, help="chat template (default: the checkpoint's "
                      "config.conversation_template, else vicuna_v1)")
-    run.add_argument("--batch-size", type=positive_int, default=8)
+    run.add_argument("--batch-size", type=positive_int, default=8,
+                     help="questions decoded at once (default: %(default)s); a batch holds whole images, whose "
+                     "questions share one vision pass and prompt prefix")
     run.add_argument("--max-new-tokens", type=positive_int, default=16)
     run.add_argument("--device", default=None, help="default: cuda:$LOCAL_RANK when CUDA is available, else cpu")
     run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -133,7 +135,7 @@ def cmd_run(bench: Benchmark, args: argparse.Namespace, make_answerer: Callable 
         from .generation import load_answerer  # torch / transformers only when a model is needed
 
         def make_answerer():
-            return load_answerer(args.model_path, max_new_tokens=args.max_new_tokens,
+            return load_answerer(args.model_path, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                  template=args.template, device=args.device, dtype=args.dtype)
 
     hint = (f"Check --image-dir {args.image_dir} and --image-name-format {args.image_name_format!r}."

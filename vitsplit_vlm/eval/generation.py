@@ -34,18 +34,21 @@ def answer_batch(
     *,
     template: str = DEFAULT_TEMPLATE,
     max_new_tokens: int = 16,
+    batch_size: int = 8,
 ) -> list[str]:
-    """Greedy answers to (image, prompt) pairs, each prompted as `image_prompt_messages` writes it, in one
-    prefix-shared batch (`generate_replies`: the caller sizes the batch, keeping an image's questions together)."""
+    """Greedy answers to (image, prompt) pairs, each prompted as `image_prompt_messages` writes it, through
+    `generate_replies` (one vision pass and prefix prefill per image, at most ``batch_size`` prompts decoded at
+    once; the runner hands over whole images)."""
     conversations = [image_prompt_messages(p) for p in prompts]
     return generate_replies(model, processor, images, conversations, template=template,
-                            max_new_tokens=max_new_tokens, batch_size=max(len(prompts), 1))
+                            max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def load_answerer(
     model_path: str | Path,
     *,
     max_new_tokens: int,
+    batch_size: int = 8,
     template: str | None = None,
     device: str | None = None,
     dtype: str = "auto",
@@ -56,4 +59,5 @@ def load_answerer(
         model, processor, template = load_for_inference(model_path, device=device, dtype=dtype, template=template)
     except (FileNotFoundError, ValueError) as exc:
         raise EvalInputError(str(exc)) from exc
-    return functools.partial(answer_batch, model, processor, template=template, max_new_tokens=max_new_tokens)
+    return functools.partial(answer_batch, model, processor, template=template, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size)

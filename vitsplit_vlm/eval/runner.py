@@ -85,16 +85,40 @@ def check_images(items: Sequence[EvalItem], hint: str) -> None:
 
 
 def _load_images(items: Sequence[EvalItem]) -> list[Image.Image]:
-    images = []
+    """One image per item; an image several items share is read once."""
+    loaded: dict[Path | bytes, Image.Image] = {}
     for it in items:
+        if it.image in loaded:
+            continue
         try:
             with Image.open(io.BytesIO(it.image) if isinstance(it.image, bytes) else it.image) as im:
-                images.append(im.convert("RGB"))
+                loaded[it.image] = im.convert("RGB")
         except (OSError, UnidentifiedImageError) as e:
             where = "the embedded image" if isinstance(it.image, bytes) else f"image {it.image}"
             raise EvalInputError(f"cannot read {where} for question {it.question_id!r} ({e}). "
                                  "Replace the file; finished answers are kept and the run resumes.") from e
-    return images
+    return [loaded[it.image] for it in items]
+
+
+def by_image(items: Sequence[EvalItem]) -> list[list[EvalItem]]:
+    """The items grouped by image, groups in order of first appearance (items keep their order within)."""
+    groups: dict[Path | bytes, list[EvalItem]] = {}
+    for it in items:
+        groups.setdefault(it.image, []).append(it)
+    return list(groups.values())
+
+
+def image_batches(items: Sequence[EvalItem], batch_size: int) -> list[list[EvalItem]]:
+    """Whole images per batch, up to ``batch_size`` questions, so each image's vision pass and prompt prefix is
+    computed once (`generate_replies`); an image with more questions is a batch of its own, which the answerer
+    decodes in pieces from that one prefix."""
+    batches: list[list[EvalItem]] = []
+    for group in by_image(items):
+        if batches and len(batches[-1]) + len(group) <= batch_size:
+            batches[-1] += group
+        else:
+            batches.append(list(group))
+    return batches
 
 
 def run_chunk(
@@ -110,13 +134,16 @@ def run_chunk(
 ) -> int:
     """Answer this chunk's questions that no chunk file has answered yet; returns how many were answered.
 
+    Chunks split the images (near-equal image counts, contiguous in order of first appearance), so all questions
+    about an image are answered by one process, in one batch (`image_batches`).
+
     The model is only built (``make_answerer``) when there is work; images of the next batch load in a
     background thread while the current batch generates. ``run_config`` (model, prompt, ...) is recorded with
     the first answers and checked on every resume."""
     if batch_size < 1:
         raise EvalInputError(f"--batch-size must be >= 1, got {batch_size}.")
     recorded = check_run_config(output_dir, run_config)
-    mine = select_chunk(items, num_chunks, chunk_idx)
+    mine = [it for group in select_chunk(by_image(items), num_chunks, chunk_idx) for it in group]
     done = load_answers(output_dir)
     todo = [it for it in mine if it.question_id not in done]
     if not todo:
@@ -125,7 +152,7 @@ def run_chunk(
     answerer = make_answerer()
     if not recorded:
         atomic_write_json(Path(output_dir) / RUN_CONFIG_NAME, run_config)
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    batches = image_batches(todo, batch_size)
     with (
         JsonlAppender(chunk_file(output_dir, num_chunks, chunk_idx)) as out,
         ThreadPoolExecutor(max_workers=1) as pool,
