@@ -2,6 +2,7 @@
 ranks, ZeRO-2 then ZeRO-3), on test-size tiny models, a few steps per stage, then the held-out evaluation."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,34 @@ def _check_outputs(out: Path) -> str:
     assert (out / "stage1" / "non_lm_trainables.safetensors").is_file()
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert summary["num_questions"] == 6 and 0 <= summary["accuracy"] <= 100 and "chance_accuracy" in summary
+    _check_model_card(out / "stage2" / "final", summary)
     return log
+
+
+def _check_model_card(final: Path, summary: dict) -> None:
+    """README.md: the Hugging Face metadata header, the stages and their data, the parameter table, the evaluation,
+    and a loading snippet that works."""
+    text = (final / "README.md").read_text()
+    _, header, body = text.split("---\n", 2)
+    meta = yaml.safe_load(header)
+    out = final.parents[1]
+    assert meta["pipeline_tag"] == "image-text-to-text" and meta["library_name"] == "transformers"
+    assert meta["base_model"] == [str(out / "tiny" / "clip"), str(out / "tiny" / "llama")]
+    [result] = meta["model-index"][0]["results"]
+    assert result["dataset"]["name"] == str(out / "data" / "val.json")
+    assert result["metrics"] == [{"type": "accuracy", "value": round(summary["accuracy"], 2)}]
+    assert f"on 6 held-out questions of `{out / 'data' / 'val.json'}`" in body and "No evaluation ran" not in body
+    assert re.search(rf"^\| stage1 \| projector, prior_head \| `plain` \| `{out}/data/stage1\.json` \|", body, re.M)
+    assert re.search(rf"^\| stage2 \| task_head, .* \| `{out}/data/train\.json`<br>`{out}/data/stage1\.json` \| .* \| 3 steps \|", body, re.M)
+    model = VitSplitLlavaForConditionalGeneration.from_pretrained(final)
+    assert json.dumps(model.config.split, sort_keys=True) in body
+    for row in model.trainable_parameter_table():  # stage 2 trains all but the tower
+        trained = 0 if row.part == "tower" else row.total
+        assert re.search(rf"^{row.part} +{trained:,} +{row.total:,}$", body, re.M), row
+    [snippet] = re.findall(r"```python\n(.*?)```", body, re.S)
+    scope: dict = {}
+    exec(snippet, scope)  # the card's own loading code
+    assert scope["model"].config.to_dict() == model.config.to_dict() and scope["processor"].num_image_tokens > 0
 
 
 def test_python_runs_both_stages_and_evaluates(tmp_path):

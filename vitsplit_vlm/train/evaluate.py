@@ -151,7 +151,7 @@ def evaluate_stage(config: RunConfig, components: Components, data_dir: Path, st
     result = score(records, predictions)
     summary = {
         "accuracy": result.accuracy, "num_questions": result.num_questions, "chance_accuracy": result.baseline,
-        "per_question_type": {t: asdict(v) for t, v in result.per_type.items()},
+        "per_question_type": {t: asdict(v) for t, v in result.per_type.items()}, "val_json": str(val_json),
     }
     out = stage_dir.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,9 @@ from ..config import config_argument, load_config, shipped_config_names, to_dict
 from . import distributed
 from .config import RunConfig, StageConfig, check_run_config, stages
 from .evaluate import evaluate_stage
+from .checkpoint import FINAL_DIR
 from .logs import setup_logging
+from .model_card import CARD_NAME, add_evaluation, write_model_card
 from .model_setup import Components
 from .stage import StageData, run_stage, stage_complete, trains_language_model
 
@@ -128,20 +130,26 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = prepare_synthetic(config, output_dir / "data") if _uses_synthetic(config) else output_dir / "data"
 
     init_from = None
+    done: list[tuple[str, StageConfig, StageData]] = []
     for name, stage in stages(config):
         stage_dir = output_dir / name
         if stage.init_from:
             init_from = Path(stage.init_from)
+        done.append((name, stage, _stage_data(stage, data_dir)))
         if stage.resume and stage_complete(stage, stage_dir):
             logger.info("%s: already complete in %s, skipped (resume)", name, stage_dir)
         else:
-            run_stage(name, stage, config.model, components, _stage_data(stage, data_dir), stage_dir, config.seed, init_from)
+            result = run_stage(name, stage, config.model, components, done[-1][2], stage_dir, config.seed, init_from)
+            if main_process and trains_language_model(stage):
+                write_model_card(result.final_dir, config, components, done, result.trainable_table)
         # A stage that leaves the LM alone hands its projector/heads on to the next one.
         init_from = None if trains_language_model(stage) else stage_dir
     if config.eval:
         if main_process:
             name, stage = stages(config)[-1]
-            evaluate_stage(config, components, data_dir, stage, output_dir / name)
+            summary = evaluate_stage(config, components, data_dir, stage, output_dir / name)
+            if (output_dir / name / FINAL_DIR / CARD_NAME).is_file():
+                add_evaluation(output_dir / name / FINAL_DIR, summary)
         distributed.barrier()
     logger.info("done in %.0f s", time.time() - start)
     return 0

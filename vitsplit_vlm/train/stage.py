@@ -80,6 +80,7 @@ class StageResult:
     name: str
     output_dir: Path
     log_history: list[dict]
+    trainable_table: str = ""  # trainable_parameter_table before training (under ZeRO-3 the weights are partitioned after)
 
     @property
     def stage1_weights(self) -> Path:
@@ -166,7 +167,8 @@ def run_stage(
             model.save_pretrained(output_dir / BASE_DIR, state_dict=state)
             processor.save_pretrained(output_dir / BASE_DIR)
         model = apply_lora(model, stage.lora, stage.train_parts)
-    logger.info("%s trainable parameters:\n%s", name, trainable_parameter_table(model))
+    table = trainable_parameter_table(model)
+    logger.info("%s trainable parameters:\n%s", name, table)
     logger.info("%s: %d process(es), %s", name, args.world_size, f"DeepSpeed {stage.deepspeed}" if stage.deepspeed else "no DeepSpeed")
     with args.main_process_first(desc=f"{name} dataset"):  # rank 0 tokenises and caches, the others reuse it
         dataset = build_dataset(stage, data, processor, output_dir.parent / "cache")
@@ -186,7 +188,7 @@ def run_stage(
         logger.info("%s: %s", name, f"resuming from {resume}" if resume else "no checkpoint to resume from, starting fresh")
     trainer.train(resume_from_checkpoint=resume)
     _save_output(trainer, stage, output_dir)
-    return StageResult(name, output_dir, trainer.state.log_history)
+    return StageResult(name, output_dir, trainer.state.log_history, table)
 
 
 def _save_output(trainer: VitSplitTrainer, stage: StageConfig, output_dir: Path) -> None:
