@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 import pytest
 from PIL import Image
 
-from vitsplit_vlm.chat import EMPTY_REPLY
+from vitsplit_vlm.chat import EMPTY_REPLY, ChatModel, ChatSession, GenerationSettings
+from vitsplit_vlm.demo_examples import EXAMPLES_DIR
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [  # gradio is only looked up: the server runs it in its own process
@@ -94,6 +95,12 @@ class WebDriver:
     def click(self, css: str) -> None:
         self.call("POST", f"{self.session}/element/{self.find(css)}/click", {})
 
+    def replace_text(self, css: str, text: str) -> None:
+        """Clears a field and types ``text`` then Tab (a gradio number box takes its value on blur)."""
+        element = self.find(css)
+        self.call("POST", f"{self.session}/element/{element}/clear", {})
+        self.call("POST", f"{self.session}/element/{element}/value", {"text": text + "\ue004"})
+
     def script(self, js: str) -> Any:
         return self.call("POST", self.session + "/execute/sync", {"script": js, "args": []})
 
@@ -139,7 +146,7 @@ def test_upload_ask_see_the_answer_and_clear(tiny_chat_vlm_dir, tmp_path):
     server_log = tmp_path / "server.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     with _process(argv, server_log, env) as server, _browser(tmp_path) as browser:  # both start at once
-        _poll(f"the server at {url}", lambda: server.poll() is not None or _reachable(url), 45, lambda: server_log.read_text()[-3000:])
+        _poll(f"the server at {url}", lambda: server.poll() is not None or _reachable(url), 300, lambda: server_log.read_text()[-3000:])
         assert server.poll() is None, f"the server exited with {server.returncode}:\n{server_log.read_text()[-3000:]}"
         browser.call("POST", browser.session + "/url", {"url": url})
         browser.send_keys("#image input[type=file]", str(tmp_path / "red.png"))
@@ -159,3 +166,44 @@ def test_upload_ask_see_the_answer_and_clear(tiny_chat_vlm_dir, tmp_path):
     with Image.open(shot) as image:
         assert image.format == "PNG" and image.width >= 800 and image.height >= 600
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 24)) > 16  # a rendered page, not a blank one
+
+
+def _greedy_reply(model_dir: Path, image: Path, question: str, max_new_tokens: int) -> str:
+    """The oracle: the same checkpoint answered in this process with greedy decoding."""
+    session = ChatSession(ChatModel.load(model_dir, settings=GenerationSettings(max_new_tokens, 0.0, 1.0)))
+    session.set_image(image)
+    return "".join(session.ask(question)).strip() or EMPTY_REPLY
+
+
+def test_example_click_with_the_sampling_controls(tiny_chat_vlm_dir, tmp_path):
+    """An example fills the image and the question; the sliders set this request's decoding (greedy, 2 tokens,
+    where the server was started sampling 8), so the page answers exactly what greedy decoding answers here."""
+    question = "What color is the circle?"
+    expected = _greedy_reply(tiny_chat_vlm_dir, EXAMPLES_DIR / "two_shapes.png", question, 2)
+    assert expected != _greedy_reply(tiny_chat_vlm_dir, EXAMPLES_DIR / "two_shapes.png", question, 8)  # 2 tokens tell
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    argv = [sys.executable, "scripts/web_demo.py", "--model", str(tiny_chat_vlm_dir), "--port", str(port), "--max-new-tokens", "8",
+            "--temperature", "1.0"]
+    server_log = tmp_path / "server.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    with _process(argv, server_log, env) as server, _browser(tmp_path) as browser:
+        _poll(f"the server at {url}", lambda: server.poll() is not None or _reachable(url), 300, lambda: server_log.read_text()[-3000:])
+        assert server.poll() is None, f"the server exited with {server.returncode}:\n{server_log.read_text()[-3000:]}"
+        browser.call("POST", browser.session + "/url", {"url": url})
+        browser.click('#examples [data-testid="dataset-cell-0-0"]')
+        browser.find("#image img")  # the example image is in the input
+        typed = "return document.querySelector('#question textarea').value;"
+        assert _poll("the example question", lambda: browser.script(typed), 15) == question
+        browser.replace_text("#temperature input[type=number]", "0")
+        browser.replace_text("#max_new_tokens input[type=number]", "2")
+        browser.click("#send")
+        last_bot = "const m = document.querySelectorAll('#chatbot [data-testid=\"bot\"]'); return m.length ? m[m.length - 1].innerText.trim() : '';"
+        notice = "return document.querySelector('#notice').innerText.trim();"
+        _poll("the notice", lambda: browser.script(notice), 30, lambda: server_log.read_text()[-3000:])
+        assert browser.script(notice) == "Loaded image two_shapes.png (168x168)."
+        _poll("the greedy 2-token answer", lambda: browser.script(last_bot) == expected, 30,
+              lambda: f"page shows {browser.script(last_bot)!r}, expected {expected!r}")
+        (tmp_path / "web_demo_example.png").write_bytes(base64.b64decode(browser.call("GET", browser.session + "/screenshot")))
+    with Image.open(tmp_path / "web_demo_example.png") as image:
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 24)) > 16

@@ -151,12 +151,12 @@ def build_tiny_checkpoints(out_dir: str | Path, size: str = "test", seed: int = 
     return paths
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="directory to write the checkpoints into")
     parser.add_argument("--size", default="test", choices=sorted(SIZES))
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name, path in build_tiny_checkpoints(args.out, args.size, args.seed).items():
         print(f"{name:>10}: {path}")
 

@@ -4,13 +4,16 @@
     python scripts/web_demo.py --model DIR                       # the same, from a clone
 
 Served on 127.0.0.1 unless --host says otherwise; --share (a public gradio.live link) is off by default. Each
-browser tab has its own conversation; replies stream as they are generated, one at a time across tabs.
+browser tab has its own conversation; replies stream as they are generated, one at a time across tabs. The page has
+example images with questions (`vitsplit_vlm.demo_examples`), sampling controls (temperature, top-p, max new tokens;
+the command-line flags set their start values) and a Stop button.
 """
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 try:
@@ -18,8 +21,9 @@ try:
 except ImportError as exc:  # an optional extra: say how to get it
     raise SystemExit(f"the web demo needs gradio ({exc}): pip install 'vitsplit_vlm[demo]'") from exc
 
-from .chat import EMPTY_REPLY, ChatModel, ChatSession, add_model_args, chat_model_from_args
+from .chat import EMPTY_REPLY, ChatModel, ChatSession, GenerationSettings, add_model_args, chat_model_from_args
 from .conversation import Message
+from .demo_examples import examples
 
 # System fonts only: the default theme fetches Google Fonts, which hangs pages on offline machines.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -29,8 +33,12 @@ Outputs = tuple[str, list[Message], str, ChatSession]
 def build_demo(chat_model: ChatModel) -> gr.Blocks:
     """Image + chat; the page shows the session's own history, so a reset by an image swap is what you see."""
 
-    def respond(text: str, image_path: str | None, session: ChatSession | None) -> Iterator[Outputs]:
+    def respond(
+        text: str, image_path: str | None, session: ChatSession | None, temperature: float, top_p: float, max_new_tokens: float
+    ) -> Iterator[Outputs]:
         session = session or ChatSession(chat_model)
+        # This request's sampling: a copy of the ChatModel sharing the loaded model, so tabs don't change each other's.
+        session.chat_model = replace(chat_model, settings=GenerationSettings(int(max_new_tokens), temperature, top_p))
         notice = ""
         if image_path != session.image_path:  # the image is synced on send: one event, no race with the upload
             if image_path:
@@ -59,19 +67,34 @@ def build_demo(chat_model: ChatModel) -> gr.Blocks:
     def clear() -> tuple[str, None, list[Message], str, None]:
         return "", None, [], "", None
 
+    settings = chat_model.settings
     with gr.Blocks(title="ViT-Split LLaVA chat", analytics_enabled=False) as demo:
         session = gr.State(None)
         gr.Markdown(f"### ViT-Split LLaVA chat (template `{chat_model.template}`)")
         with gr.Row():
-            image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
+            with gr.Column():
+                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                with gr.Accordion("Sampling", open=True):
+                    temperature = gr.Slider(0, 1.5, value=settings.temperature, step=0.05, label="Temperature (0 = greedy)",
+                                            elem_id="temperature")
+                    top_p = gr.Slider(0.05, 1, value=settings.top_p, step=0.05, label="Top-p", elem_id="top_p")
+                    max_new_tokens = gr.Slider(1, max(1024, settings.max_new_tokens), value=settings.max_new_tokens, step=1,
+                                               label="Max new tokens", elem_id="max_new_tokens")
             with gr.Column(scale=2):
                 chatbot = gr.Chatbot(label="Chat", elem_id="chatbot")
                 notice = gr.Markdown(elem_id="notice")
-                question = gr.Textbox(show_label=False, placeholder="Ask about the image, then Enter", elem_id="question")
+                question = gr.Textbox(label="Question", show_label=False, placeholder="Ask about the image, then Enter",
+                                      elem_id="question")
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
                     clear_button = gr.Button("Clear", elem_id="clear")
-        reply = gr.on([send.click, question.submit], respond, [question, image, session], [question, chatbot, notice, session])
+                # Filling the inputs only: the user still presses Send (an image the model sees is a user's choice).
+                gr.Examples(examples(), [image, question], label="Examples (shapes like those the demo model learned)",
+                            elem_id="examples")
+        inputs = [question, image, session, temperature, top_p, max_new_tokens]
+        reply = gr.on([send.click, question.submit], respond, inputs, [question, chatbot, notice, session])
+        stop.click(None, None, None, cancels=[reply])  # closing the stream stops generate; the partial turn is dropped
         for event in (clear_button.click, chatbot.clear):  # the chatbot's own trash icon resets the session too
             event(clear, None, [question, image, chatbot, notice, session], cancels=[reply])
     return demo
