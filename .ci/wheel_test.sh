@@ -23,8 +23,8 @@ rm -rf "$work/src"
 mkdir "$work/run" && cd "$work/run"
 python -c "import vitsplit_vlm, sys; sys.exit(vitsplit_vlm.__file__.startswith('$src'))"
 
-commands=(vitsplit-train vitsplit-train-dense vitsplit-merge-lora vitsplit-chat vitsplit-web-demo vitsplit-check-data
-          vitsplit-synthetic-data vitsplit-tiny vitsplit-convert-llava-hf)
+commands=(vitsplit-train vitsplit-train-dense vitsplit-merge-lora vitsplit-eval-vqav2 vitsplit-eval-gqa vitsplit-chat
+          vitsplit-web-demo vitsplit-check-data vitsplit-synthetic-data vitsplit-tiny vitsplit-convert-llava-hf)
 for command in "${commands[@]}"; do
   "$command" --help >/dev/null || { echo "$command --help failed"; exit 1; }
 done
@@ -49,6 +49,15 @@ deepspeed --module vitsplit_vlm.train.run --output_dir lora --vision_tower demo/
 deepspeed --no_python vitsplit-train --help >/dev/null
 vitsplit-merge-lora --model lora/stage2/base_model --adapter lora/stage2/final --out merged
 step "deepspeed --module vitsplit_vlm.train.run (LoRA), deepspeed --no_python vitsplit-train, vitsplit-merge-lora"
+
+vitsplit-eval-vqav2 miniset --out vqav2 >/dev/null
+vitsplit-eval-vqav2 run --model-path merged --question-file vqav2/v2_OpenEnded_mscoco_val2014_questions.json \
+  --image-dir vqav2/val2014 --annotation-file vqav2/v2_mscoco_val2014_annotations.json --output-dir vqav2/run --limit 4
+vitsplit-eval-gqa miniset --out gqa >/dev/null
+vitsplit-eval-gqa run --model-path merged --question-file gqa/testdev_balanced_questions.json --image-dir gqa/images \
+  --output-dir gqa/run --limit 4
+test -s vqav2/run/submission.json && test -s gqa/run/predictions.json
+step "vitsplit-eval-vqav2, vitsplit-eval-gqa"
 
 reply=$(printf 'What shape is it?\n/quit\n' | vitsplit-chat --model merged --image syn/images/val_00000.jpg --max-new-tokens 4)
 grep -q "ASSISTANT>" <<<"$reply" || { echo "$reply"; exit 1; }

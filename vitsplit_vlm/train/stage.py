@@ -80,7 +80,7 @@ class StageResult:
     name: str
     output_dir: Path
     log_history: list[dict]
-    trainable_table: str = ""  # trainable_parameter_table before training (under ZeRO-3 the weights are partitioned after)
+    trainable_table: str = ""  # the trainable_parameter_table logged at the start of the stage (for the model card)
 
     @property
     def stage1_weights(self) -> Path:
