@@ -2,4 +2,4 @@
 from vitsplit_vlm.models.convert_llava_hf import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,13 +2,17 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from vitsplit_vlm.config import load_config, parse_overrides
+from vitsplit_vlm.config import ConfigError, load_config, parse_overrides
 
 
 @dataclass
 class Optim:
     learning_rate: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+    def __post_init__(self):
+        if self.learning_rate <= 0:
+            raise ConfigError(f"{self.learning_rate}: must be > 0.", key="learning_rate")
 
 
 @dataclass
@@ -51,10 +55,30 @@ def test_bad_inputs(tmp_path):
         load_config(Run, None, ["optim.learning_rate=fast"])
     with pytest.raises(ValueError, match="^Bad override 'steps': expected key=value"):
         parse_overrides(["steps"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_config(Run, tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_config(Run, tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match=r"^Override 'name\.x': 'name' is a value, not a section\.$"):
         parse_overrides(["name=1", "name.x=1"])
+
+
+def test_a_section_replaced_by_a_scalar_or_a_list_by_a_string_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"^config\.optim: is a section of options, got 5; set its keys, e\.g\. optim\.<option>=\.\.\.$"):
+        load_config(Run, None, ["optim=5"])
+    with pytest.raises(ConfigError, match=r"^config\.extra: is a section of options, got 'x'"):
+        load_config(Run, None, ["extra=x"])
+    with pytest.raises(ConfigError, match=r"^config\.optim: is a section of options, got None"):
+        load_config(Run, None, ["optim=null"])  # a required section cannot be dropped
+    assert load_config(Run, None, ["extra=null"]).extra is None  # an optional one can
+    with pytest.raises(ConfigError, match=r"^config\.optim\.betas: expected a list, e\.g\. \[a, b\], got 0\.9\.$"):
+        load_config(Run, None, ["optim.betas=0.9"])
+
+
+def test_a_sections_own_checks_run_at_load_and_name_the_section(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  learning_rate: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Run, path)
+    assert str(err.value) == f"{path}.optim.learning_rate: 0.0: must be > 0."

@@ -95,3 +95,15 @@ def test_unsupported_sources_are_clear_errors(tiny_ckpts, tmp_path, config, mess
         convert_llava_hf(tmp_path / "src", tmp_path / "dst")
     assert str(err.value) == f"{tmp_path / 'src'}: {message}"
     assert not (tmp_path / "dst").exists()
+
+
+def test_conversion_is_reproducible_from_its_seed(tiny_ckpts, tmp_path):
+    _make_llava_hf(tiny_ckpts, tmp_path / "src")
+    weights = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        main(["--src", str(tmp_path / "src"), "--dst", str(tmp_path / name), "--seed", str(seed)])
+        weights[name] = load_file(tmp_path / name / "model.safetensors")
+    assert weights["a"].keys() == weights["b"].keys()
+    assert all(torch.equal(v, weights["b"][k]) for k, v in weights["a"].items())
+    fresh = [k for k in weights["a"] if k.startswith(("vision.prior_head.", "vision.fusion."))]
+    assert fresh and all(not torch.equal(weights["a"][k], weights["c"][k]) for k in fresh if k.endswith("weight"))

@@ -1,4 +1,6 @@
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +21,8 @@ from vitsplit_vlm.data.llava_json import (
     load_llava_json,
     record_messages,
     scan_records,
-    to_rgb,
 )
+from vitsplit_vlm.models import to_rgb
 
 N_IMG = 4
 MAX_LEN = 96
@@ -85,8 +87,9 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_ckpts):
-    return AutoImageProcessor.from_pretrained(tiny_ckpts["clip"])
+def processor(tiny_processor):
+    """The image transform training hands the dataset: the processor's own preprocess_images."""
+    return tiny_processor.preprocess_images
 
 
 def make(files, tok, processor, name="good.json", **kw):
@@ -94,7 +97,7 @@ def make(files, tok, processor, name="good.json", **kw):
     return LlavaDataset(files / name, files / "images", tok, processor, **kw)
 
 
-def test_items_have_expanded_ids_masked_labels_and_rgb_pixels(files, tiny_tokenizer, processor):
+def test_items_have_expanded_ids_masked_labels_and_rgb_pixels(files, tiny_ckpts, tiny_tokenizer, processor):
     ds = make(files, tiny_tokenizer, processor)
     assert len(ds) == len(GOOD)
     assert (ds.stats.total, ds.stats.skipped, ds.stats.truncated, ds.stats.text_only) == (7, 0, 1, 1)
@@ -110,7 +113,8 @@ def test_items_have_expanded_ids_masked_labels_and_rgb_pixels(files, tiny_tokeni
             first = int((ids == image_id).nonzero()[0])
             after = tiny_tokenizer.convert_ids_to_tokens(ids[first + N_IMG:first + N_IMG + 2].tolist())
             assert after == ["▁", "<0x0A>"]  # placeholder moved to the start; the text after it starts a word
-            expected = processor(images=to_rgb(Image.open(files / "images" / record["image"])), return_tensors="pt")["pixel_values"][0]
+            rgb = to_rgb(Image.open(files / "images" / record["image"]))
+            expected = AutoImageProcessor.from_pretrained(tiny_ckpts["clip"])(images=rgb, return_tensors="pt")["pixel_values"][0]
             assert torch.equal(item["pixel_values"], expected)
         else:
             assert "pixel_values" not in item
@@ -265,3 +269,52 @@ def test_check_runs_as_a_module(files):
                           str(files / "images")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
     assert "bad record roles (#1): bad roles" in run.stdout and "17 records, 9 bad, 1 text-only" in run.stdout
+
+
+def _record(rid, answer="a"):
+    return {"id": rid, "conversations": turns(("q", answer))}
+
+
+@pytest.mark.parametrize("jsonl", [False, True])
+def test_invalid_utf8_is_named_by_record_index(tmp_path, jsonl):
+    records = [json.dumps(_record(f"r{i}")).encode() for i in range(3)]
+    records[2] = records[2].replace(b'"a"', b'"caf\xe9"')  # Latin-1 e-acute: not UTF-8
+    path = tmp_path / ("bad.jsonl" if jsonl else "bad.json")
+    path.write_bytes(b"\n".join(records) if jsonl else b"[\n" + b",\n".join(records) + b"\n]")
+    offset = path.read_bytes().index(b"\xe9")
+    with pytest.raises(DataFileError) as err:
+        load_llava_json(path, cache_dir=tmp_path / "hf")
+    assert str(err.value) == (f"{path}: record 2 is not valid UTF-8 (byte {offset}: invalid continuation byte); "
+                              "save the file as UTF-8 or fix that record")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"records": [{"id": 1}]}', "the file is one JSON object, not a list of records; a LLaVA data file is a JSON list"),
+    ('{\n "id": "x",\n "image": "a.png"\n}\n', "the file is one JSON object, not a list of records; "),
+    ('"hello"', "the file is a JSON str, not a list of records"),
+])
+def test_a_file_that_is_not_a_list_of_records_says_so(tmp_path, content, message):
+    path = tmp_path / "d.json"
+    path.write_text(content)
+    with pytest.raises(DataFileError, match=f"^{re.escape(f'{path}: {message}')}"):
+        load_llava_json(path, cache_dir=tmp_path / "hf")
+
+
+def test_skip_bad_samples_with_every_record_bad_says_no_record_is_left(tmp_path, tiny_tokenizer, processor):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([_record("e1", " "), _record("e2", "")]))
+    with pytest.raises(DataFileError) as err:
+        LlavaDataset(path, tmp_path, tiny_tokenizer, processor, num_image_tokens=N_IMG, cache_dir=tmp_path / "hf",
+                     skip_bad_samples=True)
+    assert str(err.value) == (f"{path}: no usable record left: all 2 records are bad (the first, e1: empty answer in "
+                              f"turn 1); list them with `python -m vitsplit_vlm.data.check {path} --image-dir {tmp_path}`")
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_not_served_from_the_cache(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([_record("aaa")]))
+    assert load_llava_json(path, cache_dir=tmp_path / "hf")["id"] == ["aaa"]
+    stat = path.stat()
+    path.write_text(json.dumps([_record("bbb")]))  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime
+    assert load_llava_json(path, cache_dir=tmp_path / "hf")["id"] == ["bbb"]

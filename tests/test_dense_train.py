@@ -17,7 +17,8 @@ from vitsplit_vlm.dense import (
 from vitsplit_vlm.dense.config import IMAGENET_MEAN, IMAGENET_STD
 from vitsplit_vlm.dense.data import DenseDataConfig
 from vitsplit_vlm.dense.transforms import DepthPipeline
-from vitsplit_vlm.dense.train import DenseRunConfig, DenseTrainer, _check_deepspeed_stage, poly_factor, train
+from vitsplit_vlm.dense.train import DenseRunConfig, DenseTrainer, _check_deepspeed_stage, train
+from vitsplit_vlm.train.engine import poly_factor
 from vitsplit_vlm.vision import ViTSplitConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +122,7 @@ def test_one_split_module_two_tasks(vlm_dir, tmp_path):
 
     vision = VitSplitLlavaForConditionalGeneration.from_pretrained(vlm_dir).vision.state_dict()
     split = load_split_from_vlm(vlm_dir)
-    assert split.state_dict().keys() == vision.keys() and split.parts.family == "clip"
+    assert split.state_dict().keys() == vision.keys() and split.tower.config.model_type == "clip_vision_model"
     assert all(torch.equal(v, vision[k]) for k, v in split.state_dict().items())
 
     result = subprocess.run(  # as the README types it: the YAML's model.split gives way to the VLM's

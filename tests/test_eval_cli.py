@@ -35,7 +35,8 @@ class FakeModel:
         return self.answer
 
     def answer(self, images, prompts):
-        assert all(isinstance(im, Image.Image) and im.mode == "RGB" for im in images)
+        # decoded, in the file's own mode: the processor's to_rgb makes them RGB, as in training and chat
+        assert all(isinstance(im, Image.Image) and im.getpixel((0, 0)) is not None for im in images)
         assert len(images) == len(prompts)
         assert all(p.endswith(f"?\n{SHORT_ANSWER}") for p in prompts)  # LLaVA-1.5: question, then instruction
         questions = [p.split("\n")[0] for p in prompts]

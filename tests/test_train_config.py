@@ -5,9 +5,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from vitsplit_vlm.config import load_config
-from vitsplit_vlm.train.config import ConfigError, RunConfig, check_run_config, stages
+from vitsplit_vlm.train.config import ConfigError, RunConfig, check_train_config, stages
 from vitsplit_vlm.train.model_setup import learning_rates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ def _load(name: str, *overrides: str) -> RunConfig:
 
 def test_demo_config_trains_both_stages_and_evaluates():
     config = _load("demo.yaml")
-    check_run_config(config)
+    check_train_config(config)
     assert [name for name, _ in stages(config)] == ["stage1", "stage2"]
     assert config.stage1.train_parts == ["projector", "prior_head"] and config.stage1.data.template == "plain"
     assert set(config.stage2.train_parts) == {"task_head", "prior_head", "projector", "language_model"}
@@ -33,14 +35,21 @@ def test_demo_config_trains_both_stages_and_evaluates():
 
 
 def test_recipe_configs_match_the_paper(tmp_path):
-    stage1 = _load("stage1_align.yaml")
-    check_run_config(stage1)
+    with pytest.raises(ConfigError, match=r"^stage1\.data\.train_json: no such data file data/LLaVA-Pretrain/blip_laion_cc_sbu_558k\.json\.$"):
+        check_train_config(_load("stage1_align.yaml"))  # the paper's data is named, not shipped: checked up front
+    (tmp_path / "data.json").write_text("[]")
+    data = [f"stage1.data.train_json={tmp_path / 'data.json'}", f"stage1.data.image_folder={tmp_path}"]
+    stage1 = _load("stage1_align.yaml", *data)
+    check_train_config(stage1)
+    stage1_file = tmp_path / "stage1.safetensors"  # init_from's header is read at check time
+    save_file({"projector.0.weight": torch.zeros(1)}, str(stage1_file))
     assert (stage1.stage1.learning_rate, stage1.stage1.per_device_train_batch_size, stage1.stage1.data.template) == (5e-4, 32, "plain")
     assert stage1.stage1.deepspeed.endswith("zero2.json") and stage1.stage1.bf16 and stage1.stage1.gradient_checkpointing
     for name in ("stage2_instruct.yaml", "stage2_lora.yaml"):
+        data = [f"stage2.data.train_json={tmp_path / 'data.json'}", f"stage2.data.image_folder={tmp_path}"]
         with pytest.raises(ConfigError, match=r"^stage2 needs stage-1 weights \(require_init: true\): set stage2\.init_from="):
-            check_run_config(_load(name))
-        check_run_config(_load(name, f"stage2.init_from={tmp_path}"))
+            check_train_config(_load(name, *data))
+        check_train_config(_load(name, f"stage2.init_from={stage1_file}", *data))
     full = _load("stage2_instruct.yaml").stage2
     assert (full.learning_rate, full.per_device_train_batch_size * full.gradient_accumulation_steps) == (2e-5, 32)
     assert full.deepspeed.endswith("zero3.json") and full.data.template == "vicuna_v1" and full.group_by_length
@@ -56,8 +65,15 @@ def test_recipe_configs_match_the_paper(tmp_path):
         (["stage2.lora.enabled=true"], r"^stage2: lora\.enabled trains the language model through LoRA adapters; remove 'language_model' from train_parts"),
         (["stage1.train_parts=[]"], r"^stage1: nothing to train: train_parts is empty and LoRA is off\.$"),
         (["stage1.data.template=llava"], r"^stage1\.data\.template='llava'; choose one of plain, vicuna_v1, chat_template\.$"),
-        (["stage1.deepspeed=configs/deepspeed/zero9.json"], r"^stage1\.deepspeed: DeepSpeed config configs/deepspeed/zero9\.json does not exist; give a JSON file or a shipped name \(zero2, zero3, zero3_offload\)\.$"),
-        (["stage1.deepspeed=zero9"], r"^stage1\.deepspeed: DeepSpeed config zero9 does not exist; give a JSON file"),
+        (["stage1.deepspeed=configs/deepspeed/zero9.json"], r"demo\.yaml\.stage1\.deepspeed: DeepSpeed config configs/deepspeed/zero9\.json does not exist; give a JSON file or a shipped name \(zero2, zero3, zero3_offload\)\.$"),
+        (["stage1.deepspeed=zero9"], r"demo\.yaml\.stage1\.deepspeed: DeepSpeed config zero9 does not exist; give a JSON file"),
+        (["stage2.max_steps=-2"], r"demo\.yaml\.stage2\.max_steps: -2: must be > 0, or -1 to train num_train_epochs\.$"),
+        (["stage1.learning_rate=0"], r"demo\.yaml\.stage1\.learning_rate: 0\.0: must be > 0\.$"),
+        (["stage1.learning_rate=-1e-4"], r"demo\.yaml\.stage1\.learning_rate: -0\.0001: must be > 0\.$"),
+        (["stage2.per_device_train_batch_size=0"], r"demo\.yaml\.stage2\.per_device_train_batch_size: 0: must be >= 1\.$"),
+        (["stage2.optim=adamw"], r"demo\.yaml\.stage2\.optim: 'adamw': choose one of adamw_torch, adamw_torch_fused, "),
+        (["stage2=5"], r"demo\.yaml\.stage2: is a section of options, got 5; set its keys, e\.g\. stage2\.<option>=\.\.\.$"),
+        (["stage1.train_parts=projector"], r"demo\.yaml\.stage1\.train_parts: expected a list, e\.g\. \[a, b\], got 'projector'\.$"),
         (["stage2.data.train_json=x.json"], r"^stage2\.data\.image_folder: required with train_json"),
         (["stage1=null", "stage2=null"], r"^the config defines no stage"),
         (["model.dtype=bfloat16", "stage2.deepspeed=null"], r"^model\.dtype=bfloat16 without DeepSpeed would train stage2 in pure bfloat16"),
@@ -65,7 +81,7 @@ def test_recipe_configs_match_the_paper(tmp_path):
 )
 def test_bad_configs_fail_before_anything_is_built(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        check_run_config(_load("demo.yaml", *overrides))
+        check_train_config(_load("demo.yaml", *overrides))
 
 
 def test_task_head_lr_multiplier_and_projector_lr():

@@ -1,7 +1,7 @@
 """Dataclass run configs from YAML files, with dotted `key=value` overrides from the command line.
 
-    cfg = load_config(TrainConfig, "stage2_lora", ["train.learning_rate=1e-4", "lora.r=16"])
-    cfg = load_config(TrainConfig, "my_runs/stage2.yaml")
+    cfg = load_config(RunConfig, "stage2_lora", ["stage2.learning_rate=1e-4", "stage2.lora.r=16"])
+    cfg = load_config(RunConfig, "my_runs/stage2.yaml")
 
 The configs shipped with the package (`vitsplit_vlm/configs/*.yaml`, DeepSpeed JSONs in `configs/deepspeed/`) are
 package data, so an installed wheel can name them (`--config stage2_lora`, `deepspeed: zero3`) from any directory;
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from .errors import UserError
 
 T = TypeVar("T")
 
@@ -68,12 +70,22 @@ def shipped_deepspeed(value: str | None) -> str | None:
         return value
 
 
+class ConfigError(UserError):
+    """A config that cannot work (unknown key, wrong type, bad value, missing file); the message names the option
+    and how to fix it. Entry points print it as one line and exit 2. `key`: the offending field, set by a
+    dataclass's own checks so that loading can prefix where it sits (`configs/x.yaml.stage2.learning_rate`)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for key in parents:
         node = tree.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ValueError(f"Override '{dotted}': '{key}' is a value, not a section.")
+            raise ConfigError(f"Override '{dotted}': '{key}' is a value, not a section.")
         tree = node
     tree[leaf] = value
 
@@ -84,7 +96,7 @@ def parse_overrides(overrides: list[str]) -> dict:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"Bad override '{item}': expected key=value, e.g. train.learning_rate=2e-5.")
+            raise ConfigError(f"Bad override '{item}': expected key=value, e.g. train.learning_rate=2e-5.")
         _set_dotted(tree, key.strip().lstrip("-"), yaml.safe_load(raw))
     return tree
 
@@ -110,24 +122,29 @@ def _dataclass_type(annotation: Any) -> type | None:
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass `cls` from nested dicts, rejecting unknown keys with the list of known ones."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping of options, got {type(data).__name__}.")
+        raise ConfigError(f"{where}: expected a mapping of options, got {type(data).__name__}.")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     moved = getattr(cls, "MOVED_KEYS", {})  # keys an older config format used: name where they went
     for key in unknown:
         if key in moved:
-            raise ValueError(f"{where}: '{key}' is no longer read; {moved[key]}")
+            raise ConfigError(f"{where}: '{key}' is no longer read; {moved[key]}")
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}. Known keys: {', '.join(sorted(names))}.")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}. Known keys: {', '.join(sorted(names))}.")
     kwargs = {}
     for key, value in data.items():
         nested = _dataclass_type(hints[key])
         if nested and isinstance(value, dict):
             kwargs[key] = from_dict(nested, value, f"{where}.{key}")
+        elif nested and (value is not None or nested is hints[key]):  # `stage2=5`: a section replaced by a scalar
+            raise ConfigError(f"{where}.{key}: is a section of options, got {value!r}; set its keys, e.g. {key}.<option>=...")
         else:
             kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # a dataclass's own __post_init__ checks: say which section
+        raise ConfigError(f"{where}.{err.key}: {err}" if err.key else f"{where}: {err}") from None
 
 
 def _coerce(annotation: Any, value: Any, where: str) -> Any:
@@ -143,9 +160,12 @@ def _coerce(annotation: Any, value: Any, where: str) -> Any:
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"{where}: expected a number, got '{value}'.") from None
+            raise ConfigError(f"{where}: expected a number, got '{value}'.") from None
     if annotation in (int, bool, str) and not (type(value) is annotation):
-        raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}.")
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}.")
+    container = typing.get_origin(annotation) or annotation
+    if container in (list, dict) and not isinstance(value, container):
+        raise ConfigError(f"{where}: expected a {'list, e.g. [a, b]' if container is list else 'mapping, e.g. {a: 1}'}, got {value!r}.")
     return value
 
 
@@ -153,11 +173,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """`cls` from a YAML file (a path or a shipped config's name; None: the dataclass defaults) plus overrides."""
     data: dict = {}
     if path is not None:
-        path = resolve_config(path)
+        try:
+            path = resolve_config(path)
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"Config file {path} is not valid YAML: {err}") from err
+            raise ConfigError(f"Config file {path} is not valid YAML: {' '.join(str(err).split())}") from err
     data = _merge(data, parse_overrides(overrides or []))
     return from_dict(cls, data, where=str(path) if path else "config")
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from vitsplit_vlm.config import ConfigError
 from vitsplit_vlm.conversation import TEMPLATES
-from vitsplit_vlm.data.llava_json import DataFileError, load_llava_json, scan_records
+from vitsplit_vlm.data.llava_json import load_llava_json, scan_records
+from vitsplit_vlm.errors import run_cli
 from vitsplit_vlm.models import prepare_tokenizer
 
 
@@ -34,12 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tokenizer is None) != (args.max_length is None) or (args.tokenizer is None) != (args.num_image_tokens is None):
         parser.error("the length check needs all of --tokenizer, --max-length and --num-image-tokens")
 
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(args.tokenizer)) if args.tokenizer else None
-    try:
-        ds = load_llava_json(args.file)
-    except DataFileError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _check(args))
+
+
+def _check(args: argparse.Namespace) -> int:
+    if args.tokenizer and not Path(args.tokenizer).is_dir():  # a hub repo id would be tried online
+        raise ConfigError(f"--tokenizer {args.tokenizer}: no such directory; pass the tokenizer's (or the LM's) local directory")
+    ds = load_llava_json(args.file)
+    tokenizer = None
+    if args.tokenizer:
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True))
     scan = scan_records(ds, args.image_dir, tokenizer=tokenizer, template=args.template, max_length=args.max_length,
                         num_image_tokens=args.num_image_tokens or 1, num_proc=args.num_proc)
     for bad in scan.bad:

@@ -13,6 +13,8 @@ image files change on disk.
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -35,6 +37,8 @@ from vitsplit_vlm.conversation import (
     messages_from_llava,
     tokenize_conversation,
 )
+from vitsplit_vlm.errors import UserError
+from vitsplit_vlm.models.tokenizer import token_id
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +54,11 @@ _PREPARED = datasets.Features(
 )
 
 
-class DataFileError(ValueError):
+class DataFileError(UserError):
     """The data file itself is unusable (missing, malformed JSON, no records)."""
 
 
-class BadRecordError(ValueError):
+class BadRecordError(UserError):
     """One record cannot be trained on; names it so it can be fixed or dropped."""
 
     def __init__(self, record_id: str, reason: str, source: str | Path | None = None):
@@ -87,33 +91,104 @@ class ScanResult:
 
 
 def load_llava_json(path: str | Path, cache_dir: str | Path | None = None) -> datasets.Dataset:
-    """Load with ``datasets`` (Arrow cache); a malformed file is reported with its line and column."""
+    """Load with ``datasets`` (Arrow cache); a malformed file is reported with its line and column, invalid UTF-8
+    with its record index.
+
+    The cache is keyed on the file's content (its SHA-256): ``datasets`` itself keys a local file on its path and
+    modification time, so an edit that keeps both (a copy with ``cp -p``, a restore from backup) would be served
+    stale.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: no such data file")
+    base = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE)
+    key = _content_key(path)
     try:
-        ds = datasets.Dataset.from_json(str(path), cache_dir=None if cache_dir is None else str(cache_dir))
+        ds = datasets.Dataset.from_json(str(path), cache_dir=str(base / "llava_json" / key))
     except Exception as err:  # pyarrow's message has a byte offset at best: locate the error with `json`
         raise DataFileError(_json_error(path) or f"{path}: cannot load as LLaVA JSON: {err.__cause__ or err}") from err
     if len(ds) == 0:
         raise DataFileError(f"{path}: no records")
+    if "conversations" not in ds.column_names:
+        one_object = len(ds) == 1 and _first_char(path) == "{"
+        raise DataFileError(
+            f"{path}: {'the file is one JSON object, not a list of records' if one_object else 'no record has conversations'}; "
+            'a LLaVA data file is a JSON list [{"id": ..., "image": ..., "conversations": [...]}, ...] or JSON lines'
+        )
     return ds
 
 
+def _content_key(path: Path) -> str:
+    """SHA-256 of the file, checking in the same pass that it is UTF-8 (``datasets`` would silently replace bad
+    bytes in JSON lines); the first invalid byte is reported with the record that holds it."""
+    digest, decoder, consumed = hashlib.sha256(), codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            pending = len(decoder.getstate()[0])  # bytes of a character split across blocks, decoded with this one
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as err:
+                raise DataFileError(_utf8_error(path, consumed - pending + err.start, err.reason)) from None
+            consumed += len(block)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as err:
+            raise DataFileError(_utf8_error(path, consumed - len(err.object) + err.start, err.reason)) from None
+    return digest.hexdigest()
+
+
+def _utf8_error(path: Path, offset: int, reason: str) -> str:
+    data = path.read_bytes()
+    index = _record_at(data.decode("utf-8", errors="replace"), len(data[:offset].decode("utf-8", errors="replace")))
+    where = f"record {index}" if index is not None else f"byte {offset}"
+    return f"{path}: {where} is not valid UTF-8 (byte {offset}: {reason}); save the file as UTF-8 or fix that record"
+
+
+def _first_char(path: Path) -> str:
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip()[:1].decode("ascii", errors="replace")
+
+
 def _json_error(path: Path) -> str | None:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8")  # UTF-8 already checked by _content_key
     try:
         if text.lstrip().startswith("["):
             json.loads(text)
-        else:  # JSON lines
+        elif text.lstrip().startswith("{"):  # JSON lines
             for lineno, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     try:
                         json.loads(line)
                     except json.JSONDecodeError as err:
                         return f"{path}: invalid JSON at line {lineno} column {err.colno}: {err.msg}"
+        else:
+            value = json.loads(text)
+            return f"{path}: the file is a JSON {type(value).__name__}, not a list of records"
     except json.JSONDecodeError as err:
         return f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
+    return None
+
+
+def _record_at(text: str, offset: int) -> int | None:
+    """Index of the record whose JSON text spans character `offset`: a JSON list's element, or a JSON-lines line."""
+    stripped = text.lstrip()
+    if not stripped.startswith("["):
+        line = text.count("\n", 0, offset)
+        return sum(1 for previous in text.splitlines()[:line] if previous.strip())
+    decoder, index, pos = json.JSONDecoder(), 0, len(text) - len(stripped) + 1
+    while pos < len(text):
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            return None
+        try:
+            _, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return index if offset >= pos else None
+        if pos <= offset < end:
+            return index
+        index, pos = index + 1, end
     return None
 
 
@@ -214,15 +289,6 @@ def scan_records(
     return ScanResult(prepared, bad, truncated=sum(t and not e for t, e in zip(truncated, errors)), text_only=text_only)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB for any PIL mode; transparent pixels become white (their hidden colour is arbitrary)."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 @dataclass
 class DataStats:
     """Counts to log at the start of training."""
@@ -237,7 +303,8 @@ class DataStats:
 class LlavaDataset(torch.utils.data.Dataset):
     """Items ``{"input_ids", "labels"}`` (LongTensor, image tokens expanded) + ``"pixel_values"`` (C, H, W) for rows with an image.
 
-    ``image_processor`` is any HF image processor (``AutoImageProcessor.from_pretrained(dir)``). Bad records
+    ``image_transform`` turns a list of PIL images (any mode, as opened) into N x C x H x W pixel values: the
+    processor's ``preprocess_images``, so training decodes and resizes images exactly as chat and evaluation do. Bad records
     raise :class:`BadRecordError` here (the first one named, with the count of others), or with
     ``skip_bad_samples=True`` are dropped and counted in :attr:`stats`.
     """
@@ -247,7 +314,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         json_path: str | Path,
         image_dir: str | Path,
         tokenizer: PreTrainedTokenizerBase,
-        image_processor: Callable[..., Mapping[str, Any]],
+        image_transform: Callable[[list[Image.Image]], torch.Tensor],
         *,
         num_image_tokens: int,
         template: Template = "vicuna_v1",
@@ -258,10 +325,10 @@ class LlavaDataset(torch.utils.data.Dataset):
     ):
         self.source = Path(json_path)
         self.image_dir = Path(image_dir)
-        self.image_processor = image_processor
+        self.image_transform = image_transform
         self.num_image_tokens = num_image_tokens
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        if self.image_token_id == tokenizer.unk_token_id:
+        self.image_token_id = token_id(tokenizer, IMAGE_TOKEN)
+        if self.image_token_id is None:
             raise ValueError(f"tokenizer has no {IMAGE_TOKEN} token; add it with tokenizer.add_special_tokens")
         scan = scan_records(
             load_llava_json(json_path, cache_dir), image_dir, tokenizer=tokenizer, template=template,
@@ -275,6 +342,13 @@ class LlavaDataset(torch.utils.data.Dataset):
                 f"{first.reason}{more}; list them with `python -m vitsplit_vlm.data.check {json_path} --image-dir {image_dir}` "
                 "or set skip_bad_samples: true",
                 self.source,
+            )
+        if len(scan.bad) == len(scan.prepared):
+            first = scan.bad[0]
+            raise DataFileError(
+                f"{json_path}: no usable record left: all {len(scan.bad)} records are bad (the first, "
+                f"{first.record_id}: {first.reason}); list them with `python -m vitsplit_vlm.data.check {json_path} "
+                f"--image-dir {image_dir}`"
             )
         bad_indices = {b.index for b in scan.bad}
         self.rows = scan.prepared.select([i for i in range(len(scan.prepared)) if i not in bad_indices])
@@ -300,8 +374,8 @@ class LlavaDataset(torch.utils.data.Dataset):
             path = self.image_dir / row["image"]
             try:
                 with Image.open(path) as image:
-                    rgb = to_rgb(image)
+                    image.load()  # decode now, inside the try: a file changed since the scan is named below
             except Exception as err:  # changed on disk since the scan: still name the record
                 raise BadRecordError(row["record_id"], f"cannot read image {path}: {err}", self.source) from err
-            item["pixel_values"] = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"][0]
+            item["pixel_values"] = self.image_transform([image])[0]
         return item

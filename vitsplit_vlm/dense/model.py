@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig
 from transformers.utils import ModelOutput
 
+from ..atomic import atomic_write_json, save_safetensors_atomic
 from ..vision import ViTSplit, ViTSplitConfig, build_tower, load_tower
 from .config import DenseModelConfig
 from .tasks import get_task
@@ -84,9 +84,9 @@ class DenseSplitModel(nn.Module):
             "split": self.split.config.to_dict(),
             "dense": asdict(self.config),
         }
-        _atomic_write(out_dir / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+        atomic_write_json(out_dir / CONFIG_NAME, config, indent=2)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(out_dir / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        save_safetensors_atomic(state, out_dir / WEIGHTS_NAME, metadata={"format": "pt"})
         return out_dir
 
     @classmethod
@@ -145,10 +145,3 @@ def _read_weights(model_dir: str | Path, prefix: str) -> dict[str, torch.Tensor]
     if not state:
         raise ValueError(f"No '{prefix}*' weights in {model_dir}: is this a ViT-Split checkpoint?")
     return state
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, so a crash never leaves a truncated checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: concurrent savers never share a file
-    write(tmp)
-    os.replace(tmp, path)

@@ -14,11 +14,17 @@ import argparse
 import json
 
 from ..config import config_argument, load_config
+from ..errors import run_cli
 from .tasks import TASKS
 from .train import DenseRunConfig, train
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The CLI: a mistake in the config or the paths it names prints one line and exits 2."""
+    return run_cli(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), help="sets model.task; default config: the shipped dense_<task>")
     parser.add_argument("--config", type=config_argument, help="run config: a YAML file or a shipped name (dense_seg, dense_depth)")
@@ -42,4 +48,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

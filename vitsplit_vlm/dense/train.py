@@ -10,17 +10,18 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 import torch
-from transformers import Trainer, TrainingArguments, default_data_collator
+from torch import nn
+from transformers import TrainingArguments, default_data_collator
 
-from ..config import shipped_deepspeed
+from ..config import ConfigError
+from ..local_dirs import check_vision_tower_dir
+from ..train import engine
 from ..train.distributed import init_distributed
 from ..train.logs import RunLogCallback, setup_logging
-from ..train.optim import grouped_param_groups
 from ..vision import SPLIT_PRESETS, ViTSplit, load_tower, resolve_split
 from .data import DenseDataConfig, build_datasets
 from .inference import evaluate
@@ -31,8 +32,9 @@ logger = logging.getLogger("vitsplit_vlm.dense")
 
 
 @dataclass
-class DenseTrainingConfig:
-    learning_rate: float = 1e-3
+class DenseTrainingConfig(engine.TrainingRecipe):
+    """The shared recipe (learning_rate, optim, max_steps, deepspeed, ...) with the paper's dense defaults."""
+
     task_head_lr_mult: float = 0.1  # the paper's lr_mult for the split task head (copied tower blocks)
     weight_decay: float = 0.01
     lr_scheduler_type: str = "polynomial"  # mmseg's poly schedule
@@ -40,18 +42,10 @@ class DenseTrainingConfig:
     warmup_steps: float = 0.05  # int: steps; float in [0, 1): fraction of max_steps
     max_steps: int = 300
     per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
     logging_steps: int = 10
     save_steps: int = 0  # 0: no intermediate Trainer checkpoints, only the final save_pretrained
-    dataloader_num_workers: int = 0
-    bf16: bool = False
-    deepspeed: str | None = None  # a DeepSpeed JSON path or shipped name, e.g. zero2
     seed: int = 0
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-
-    def __post_init__(self) -> None:
-        self.deepspeed = shipped_deepspeed(self.deepspeed)
 
 
 @dataclass
@@ -78,58 +72,31 @@ class DenseRunConfig:
         "(e.g. model.split_options: {task_layers: 2, prior_layers: [1, 3, 5]}), as the VLM configs do.",
     }
 
-
-def poly_factor(step: int, warmup: int, total: int, power: float, end_ratio: float) -> float:
-    """mmseg's poly schedule as a multiplier of each group's lr: linear warmup, then (1 - progress)^power down to
-    `end_ratio` (HF's "polynomial" formula, lr_end / lr = end_ratio)."""
-    if step < warmup:
-        return step / max(1, warmup)
-    remaining = max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
-    return (1.0 - end_ratio) * remaining**power + end_ratio
+    def __post_init__(self) -> None:
+        """Checkpoint directories are checked when the config loads, before any data or model is built."""
+        if self.tower:
+            check_vision_tower_dir(self.tower, "tower")
+        if self.init_from_vlm and not (Path(self.init_from_vlm) / "config.json").is_file():
+            raise ConfigError(f"no config.json in {self.init_from_vlm}: pass a saved VLM checkpoint dir.", key="init_from_vlm")
 
 
-class DenseTrainer(Trainer):
-    """`Trainer` whose optimizer trains the split task head at lr x `task_head_lr_mult` and the rest at lr.
-
-    The scheduler scales every group by the same factor, so the ratio holds for the whole run.
-    """
+class DenseTrainer(engine.GroupedLRTrainer):
+    """The split task head trains at lr x `task_head_lr_mult`, the rest at lr."""
 
     def __init__(self, *args, task_head_lr_mult: float, **kwargs):
         super().__init__(*args, **kwargs)
         self.task_head_lr_mult = task_head_lr_mult
 
-    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        if self.optimizer is not None:
-            return self.optimizer
-        model = self.model if model is None else model
+    def lr_classes(self, model: nn.Module):
         slow = {id(p) for p in self.model.task_head_parameters()}
-        lr = self.args.learning_rate
 
-        def lr_class(_: str, param: torch.nn.Parameter) -> str | None:
+        def lr_class(_: str, param: nn.Parameter) -> str | None:
             if not param.requires_grad:
                 return None
             return "task_head" if id(param) in slow else "rest"  # sorted: "rest" first, the Trainer logs its LR
 
-        param_groups = grouped_param_groups(
-            model, lr_class, {"rest": lr, "task_head": lr * self.task_head_lr_mult},
-            set(self.get_decay_parameter_names(model)), self.args.weight_decay,
-        )
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
-        return self.optimizer
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """"polynomial" as a plain LambdaLR: the Trainer's own reads `optimizer.defaults`, which DeepSpeed's ZeRO
-        optimizer lacks (transformers 5.24 fails there); other schedule types are the Trainer's."""
-        if self.lr_scheduler is None and self.args.lr_scheduler_type == "polynomial":
-            kwargs = {"power": 1.0, "lr_end": 1e-7, **(self.args.lr_scheduler_kwargs or {})}
-            factor = partial(
-                poly_factor, warmup=self.args.get_warmup_steps(num_training_steps), total=num_training_steps,
-                power=kwargs["power"], end_ratio=kwargs["lr_end"] / self.args.learning_rate,
-            )
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
-            self._created_lr_scheduler = True
-        return super().create_scheduler(num_training_steps, optimizer)
+        lr = self.args.learning_rate
+        return lr_class, {"rest": lr, "task_head": lr * self.task_head_lr_mult}
 
 
 def _processor_stats(checkpoint_dir: Path) -> tuple[list[float], list[float]] | None:
@@ -148,14 +115,14 @@ def build_split(cfg: DenseRunConfig) -> tuple[ViTSplit, Path]:
     model = cfg.model
     if cfg.init_from_vlm:
         if cfg.tower:
-            raise ValueError("Set either tower or init_from_vlm: the VLM checkpoint already holds its tower.")
+            raise ConfigError("Set either tower or init_from_vlm: the VLM checkpoint already holds its tower.")
         if model.split or model.split_options:
-            raise ValueError(
+            raise ConfigError(
                 "Set either model.split/model.split_options or init_from_vlm: the VLM checkpoint already holds its split."
             )
         return load_split_from_vlm(cfg.init_from_vlm), Path(cfg.init_from_vlm)
     if model.split is None:
-        raise ValueError(
+        raise ConfigError(
             f"model.split is not set: name a split preset ({', '.join(sorted(SPLIT_PRESETS))}) or set init_from_vlm."
         )
     split_config = resolve_split(model.split, model.split_options)
@@ -169,37 +136,16 @@ def build_split(cfg: DenseRunConfig) -> tuple[ViTSplit, Path]:
 
 def _check_deepspeed_stage(path: str | None) -> None:
     if path and json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0) == 3:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: ZeRO-3 partitions the weights, which the sliding-window evaluation and save_pretrained read "
             "whole; dense models are small, use ZeRO-2 (deepspeed: zero2)."
         )
 
 
 def training_arguments(cfg: DenseRunConfig) -> TrainingArguments:
-    t = cfg.train
-    return TrainingArguments(
-        output_dir=cfg.output_dir,
-        deepspeed=t.deepspeed,
-        use_cpu=not torch.cuda.is_available(),  # on CPU the Trainer otherwise disagrees with DeepSpeed on world size
-        bf16=t.bf16,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        lr_scheduler_type=t.lr_scheduler_type,
-        lr_scheduler_kwargs=t.lr_scheduler_kwargs,
-        warmup_steps=t.warmup_steps,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_grad_norm=t.max_grad_norm,
-        logging_steps=t.logging_steps,
-        save_strategy="steps" if t.save_steps else "no",
-        save_steps=t.save_steps or 500,
-        seed=t.seed,
-        data_seed=t.seed,
-        dataloader_num_workers=t.dataloader_num_workers,
-        remove_unused_columns=False,
+    return engine.training_arguments(
+        cfg.train, cfg.output_dir, cfg.train.seed, report_to=cfg.train.report_to,
         ddp_find_unused_parameters=False,  # every trainable parameter is used in every step
-        report_to=t.report_to,
     )
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from ..atomic import atomic_write_json  # noqa: F401  (the evaluation's final files are written with it)
 
 T = TypeVar("T")
 
@@ -70,25 +71,6 @@ def load_prediction_list(path: str | os.PathLike, what: str, id_key: str, id_typ
     return preds
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, lines: bool | None = None) -> Path:
-    """Write JSON, or JSON lines for a list (``lines``; default: for ``*.jsonl`` names), to a temp file in the same
-    directory, then os.replace it, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            if path.suffix == ".jsonl" if lines is None else lines:
-                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in obj))
-            else:
-                json.dump(obj, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -20,6 +20,7 @@ from .io import EvalInputError, JsonlAppender, atomic_write_json, load_json, rea
 QuestionId = int | str
 # (images, prompts) -> one raw answer string per item. A prompt is the user turn's text after the image (question,
 # options, instruction): every benchmark is answered through this one seam.
+# Images come decoded in the file's own mode; the processor's to_rgb turns them into RGB, as in training and chat.
 Answerer = Callable[[list[Image.Image], list[str]], list[str]]
 
 ANSWERS_SUBDIR = "answers"
@@ -92,7 +93,8 @@ def _load_images(items: Sequence[EvalItem]) -> list[Image.Image]:
             continue
         try:
             with Image.open(io.BytesIO(it.image) if isinstance(it.image, bytes) else it.image) as im:
-                loaded[it.image] = im.convert("RGB")
+                im.load()  # decoded here; the processor's to_rgb turns any mode into RGB, as in training and chat
+                loaded[it.image] = im
         except (OSError, UnidentifiedImageError) as e:
             where = "the embedded image" if isinstance(it.image, bytes) else f"image {it.image}"
             raise EvalInputError(f"cannot read {where} for question {it.question_id!r} ({e}). "

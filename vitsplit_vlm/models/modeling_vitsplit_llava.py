@@ -80,7 +80,8 @@ class VitSplitLlavaForConditionalGeneration(PreTrainedModel, GenerationMixin):
         from_components`): when that adds `<image>` / a pad token, the LM's input and output embeddings grow to
         `len(tokenizer)` (new rows at the mean of the old ones, transformers' default), so the vocabulary and
         `image_token_id` match the processor's. Save the processor next to the model: it holds that tokenizer.
-        `image_token_id=None` is the tokenizer's `<image>` id. `dtype=None` is float32.
+        `image_token_id=None` is the tokenizer's `<image>` id. `dtype=None` is torch's default dtype
+        (`torch.get_default_dtype()`, float32 unless changed).
         """
         dtype = dtype or torch.get_default_dtype()
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(language_path))

@@ -26,13 +26,13 @@ Messages = Sequence[Mapping[str, str]]
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. Transparent pixels are composited on white: a bare `convert("RGB")` keeps whatever
-    colour they happen to store (often black), which is not what the image shows."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        image = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
+    """Any PIL mode -> RGB, the one decoding rule for training, chat and evaluation (they all go through the
+    processor). Transparent pixels, whether from an alpha channel or a palette/colour-key `transparency`, are
+    composited on white: a bare `convert("RGB")` keeps whatever colour they happen to store (often black), which
+    is not what the image shows."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")
 
 

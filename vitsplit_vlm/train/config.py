@@ -2,7 +2,7 @@
 
 A run has up to two stages (`stage1`: alignment, `stage2`: instruction tuning) and an optional evaluation; a
 config file fills only the sections it uses (the shipped `stage1_align` only `stage1`, `demo` all of them).
-Everything is checked by :func:`check_run_config` before any model is built, so a wrong part name or a LoRA/LM
+Everything is checked by :func:`check_train_config` before any model is built, so a wrong part name or a LoRA/LM
 clash fails in a second rather than after the model loads.
 """
 from __future__ import annotations
@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import shipped_config_names, shipped_deepspeed
+from ..config import ConfigError
+from ..conversation import TEMPLATES
+from ..local_dirs import check_language_model_dir, check_vision_tower_dir
+from ..models.modeling_vitsplit_llava import TRAINABLE_PARTS
+from .checkpoint import IncompatibleCheckpointError, read_stage1_metadata
+from .engine import TrainingRecipe
 
-TRAIN_PARTS = ("task_head", "prior_head", "projector", "language_model")
-TEMPLATES = ("plain", "vicuna_v1", "chat_template")
 TINY_TOWERS = ("clip", "dinov2", "dinov2_reg", "siglip")
 
 
@@ -60,8 +63,9 @@ class LoraConfig:
 
 
 @dataclass
-class StageConfig:
-    """One training stage: the parts it trains, its data and its optimisation recipe (HF Trainer arguments)."""
+class StageConfig(TrainingRecipe):
+    """One training stage: the parts it trains, its data, and its optimisation recipe (the shared
+    :class:`~vitsplit_vlm.train.engine.TrainingRecipe` fields: learning_rate, optim, max_steps, deepspeed, ...)."""
 
     train_parts: list[str] = field(default_factory=lambda: ["projector", "prior_head"])
     data: DataConfig = field(default_factory=DataConfig)
@@ -70,36 +74,17 @@ class StageConfig:
     # dir. Unset in a run that also has stage1 = that stage's output.
     init_from: str | None = None
     require_init: bool = False  # refuse to start from untrained projector/heads (instruction tuning)
-    learning_rate: float = 1e-3
     # LR of the vision-side trainables (projector, prior head, task head), LLaVA's mm_projector_lr: in ViT-Split the
     # heads are part of the projector. None = learning_rate.
     projector_lr: float | None = None
     task_head_lr_mult: float = 1.0  # task-head LR = projector LR * this (the paper's dense recipe uses 0.1)
-    weight_decay: float = 0.0
-    warmup_steps: float = 0.03  # >= 1: steps; < 1: fraction of all steps (LLaVA: warmup_ratio 0.03)
-    lr_scheduler_type: str = "cosine"
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides num_train_epochs
-    per_device_train_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    logging_steps: int = 1
-    save_steps: int = 500
-    save_total_limit: int | None = 1
-    deepspeed: str | None = None  # a DeepSpeed JSON path or shipped name (zero2, zero3, zero3_offload); None = plain Trainer
-    bf16: bool = False
     gradient_checkpointing: bool = False
     group_by_length: bool = False  # LLaVA's group_by_modality_length, through the Trainer's length grouping
-    dataloader_num_workers: int = 0
-    resume: bool = False  # continue from the latest checkpoint-* in this stage's output dir
-    trainer_args: dict = field(default_factory=dict)  # any other TrainingArguments, e.g. {tf32: true} on Ampere GPUs
-
-    def __post_init__(self) -> None:
-        self.deepspeed = shipped_deepspeed(self.deepspeed)
+    resume: bool = False  # continue from the latest complete checkpoint-* in this stage's output dir
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticVQAConfig:
     """The built-in synthetic VQA set (generated into `<output_dir>/data` when a stage has no train_json)."""
 
     num_train: int = 2000
@@ -124,24 +109,24 @@ class RunConfig:
     output_dir: str = "outputs/run"
     seed: int = 42
     model: ModelConfig = field(default_factory=ModelConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticVQAConfig = field(default_factory=SyntheticVQAConfig)
     stage1: StageConfig | None = None
     stage2: StageConfig | None = None
     eval: EvalConfig | None = None
-
-
-class ConfigError(ValueError):
-    """A run config that cannot work; the message names the option and how to fix it."""
 
 
 def stages(config: RunConfig) -> list[tuple[str, StageConfig]]:
     return [(name, stage) for name, stage in (("stage1", config.stage1), ("stage2", config.stage2)) if stage]
 
 
-def check_run_config(config: RunConfig) -> None:
+def check_train_config(config: RunConfig) -> None:
     """Reject inconsistent settings before anything heavy is built."""
     if not stages(config):
         raise ConfigError("the config defines no stage: add a `stage1:` and/or `stage2:` section.")
+    if config.model.vision_tower:
+        check_vision_tower_dir(config.model.vision_tower, "model.vision_tower")
+    if config.model.language_model:
+        check_language_model_dir(config.model.language_model, "model.language_model")
     if config.model.tiny_tower not in TINY_TOWERS:
         raise ConfigError(f"model.tiny_tower={config.model.tiny_tower!r}; choose one of {', '.join(TINY_TOWERS)}.")
     for name, stage in stages(config):
@@ -159,9 +144,9 @@ def check_run_config(config: RunConfig) -> None:
 
 
 def _check_stage(name: str, stage: StageConfig) -> None:
-    unknown = sorted(set(stage.train_parts) - set(TRAIN_PARTS))
+    unknown = sorted(set(stage.train_parts) - set(TRAINABLE_PARTS))
     if unknown:
-        raise ConfigError(f"{name}.train_parts: unknown part(s) {', '.join(unknown)}; known parts: {', '.join(TRAIN_PARTS)}.")
+        raise ConfigError(f"{name}.train_parts: unknown part(s) {', '.join(unknown)}; known parts: {', '.join(TRAINABLE_PARTS)}.")
     if not stage.train_parts and not stage.lora.enabled:
         raise ConfigError(f"{name}: nothing to train: train_parts is empty and LoRA is off.")
     if stage.lora.enabled and "language_model" in stage.train_parts:
@@ -171,12 +156,17 @@ def _check_stage(name: str, stage: StageConfig) -> None:
         )
     if stage.data.template not in TEMPLATES:
         raise ConfigError(f"{name}.data.template={stage.data.template!r}; choose one of {', '.join(TEMPLATES)}.")
-    if stage.deepspeed and not Path(stage.deepspeed).is_file():
-        raise ConfigError(f"{name}.deepspeed: DeepSpeed config {stage.deepspeed} does not exist; give a JSON file or "
-                          f"a shipped name ({', '.join(shipped_config_names('deepspeed'))}).")
-    if stage.init_from and not Path(stage.init_from).exists():
-        raise ConfigError(f"{name}.init_from: {stage.init_from} does not exist (expected a stage-1 output).")
-    if stage.max_steps <= 0 and stage.num_train_epochs <= 0:
-        raise ConfigError(f"{name}: set max_steps > 0 or num_train_epochs > 0.")
+    if stage.init_from:
+        if not Path(stage.init_from).exists():
+            raise ConfigError(f"{name}.init_from: {stage.init_from} does not exist (expected a stage-1 output).")
+        try:
+            read_stage1_metadata(stage.init_from)  # the header only: a truncated or foreign file fails now
+        except IncompatibleCheckpointError as err:
+            raise ConfigError(f"{name}.init_from: {err}") from None
     if stage.data.train_json and not stage.data.image_folder:
         raise ConfigError(f"{name}.data.image_folder: required with train_json (image paths are relative to it).")
+    for path in [stage.data.train_json] if isinstance(stage.data.train_json, str) else stage.data.train_json or []:
+        if not Path(path).is_file():
+            raise ConfigError(f"{name}.data.train_json: no such data file {path}.")
+    if stage.data.image_folder and not Path(stage.data.image_folder).is_dir():
+        raise ConfigError(f"{name}.data.image_folder: no such directory {stage.data.image_folder}.")

@@ -24,8 +24,9 @@ from pathlib import Path
 import yaml
 
 from ..config import config_argument, load_config, shipped_config_names, to_dict
+from ..errors import run_cli
 from . import distributed
-from .config import RunConfig, StageConfig, check_run_config, stages
+from .config import RunConfig, StageConfig, check_train_config, stages
 from .evaluate import evaluate_stage
 from .checkpoint import FINAL_DIR
 from .logs import setup_logging
@@ -63,7 +64,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     if args.resume:
         for name, _ in stages(config):
             setattr(config, name, replace(getattr(config, name), resume=True))
-    check_run_config(config)
+    check_train_config(config)
     return config
 
 
@@ -116,6 +117,11 @@ def _stage_data(stage: StageConfig, data_dir: Path) -> StageData:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI: a user mistake (config, checkpoint dir, data file) prints one line and exits 2."""
+    return run_cli(lambda: train(argv))
+
+
+def train(argv: list[str] | None = None) -> int:
     start = time.time()
     args = parse_args(argv)
     config = build_config(args)

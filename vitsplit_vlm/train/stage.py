@@ -11,19 +11,16 @@ Outputs under `<output_dir>/<stage>/`:
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from PIL import Image
 from torch.utils.data import ConcatDataset
 from transformers import TrainerCallback, set_seed
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-from transformers.trainer_utils import get_last_checkpoint
 
+from ..atomic import replace_dir
 from ..data.collator import LlavaCollator
 from ..data.llava_json import DataStats, LlavaDataset
 from ..models import VitSplitLlavaForConditionalGeneration
@@ -34,9 +31,11 @@ from .checkpoint import (
     BASE_DIR,
     FINAL_DIR,
     STAGE1_WEIGHTS,
+    TRAINER_STATE,
+    latest_complete_checkpoint,
     load_stage1_weights,
     non_lm_trainable_state,
-    save_safetensors_atomic,
+    save_stage1_weights,
 )
 from .config import ModelConfig, StageConfig
 from .logs import RunLogCallback
@@ -118,21 +117,12 @@ def load_stage_output(
     return model
 
 
-class _ImageTransform:
-    """The processor's image path (RGB, optional pad-to-square, resize) in the call form LlavaDataset uses."""
-
-    def __init__(self, processor: VitSplitLlavaProcessor):
-        self.processor = processor
-
-    def __call__(self, images: Image.Image, return_tensors: str = "pt") -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.processor.preprocess_images([images])}
-
-
 def build_dataset(stage: StageConfig, data: StageData, processor: VitSplitLlavaProcessor, cache_dir: Path) -> MixedDataset:
-    """`<image>` expands to the processor's token count: its crop, not the tower config's size, sets the grid."""
+    """Images go through the processor's own `preprocess_images` (one decoding rule for training, chat and
+    evaluation); `<image>` expands to its token count: its crop, not the tower config's size, sets the grid."""
     return MixedDataset([
         LlavaDataset(
-            path, data.image_folder, processor.tokenizer, _ImageTransform(processor),
+            path, data.image_folder, processor.tokenizer, processor.preprocess_images,
             num_image_tokens=processor.num_image_tokens,
             template=stage.data.template, model_max_length=stage.data.model_max_length,
             skip_bad_samples=stage.data.skip_bad_samples, cache_dir=cache_dir, num_proc=stage.data.num_proc,
@@ -183,10 +173,13 @@ def run_stage(
         processing_class=processor,
         callbacks=[RunLogCallback(name), *callbacks], stage=stage,
     )
-    resume = get_last_checkpoint(str(output_dir)) if stage.resume and output_dir.is_dir() else None
+    resume = None
     if stage.resume:
+        resume, incomplete = latest_complete_checkpoint(output_dir)
+        for path in incomplete:
+            logger.warning("%s: skipping incomplete %s (no %s: the run stopped while writing it)", name, path, TRAINER_STATE)
         logger.info("%s: %s", name, f"resuming from {resume}" if resume else "no checkpoint to resume from, starting fresh")
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     _save_output(trainer, stage, output_dir)
     return StageResult(name, output_dir, trainer.state.log_history, table)
 
@@ -202,12 +195,11 @@ def _save_output(trainer: VitSplitTrainer, stage: StageConfig, output_dir: Path)
         trainer.save_model(str(tmp))  # HF format; gathered under ZeRO-3; adapter only for LoRA
         distributed.barrier()
         if distributed.is_main_process():
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            replace_dir(tmp, final)
         logger.info("saved %s to %s", "LoRA adapter" if stage.lora.enabled else "model", final)
     else:
         state = non_lm_trainable_state(trainer.model)  # collective under ZeRO-3: every rank gathers
         if distributed.is_main_process():
-            path = save_safetensors_atomic(state, output_dir / STAGE1_WEIGHTS, metadata={"format": "pt"})
+            path = save_stage1_weights(state, trainer.model, output_dir / STAGE1_WEIGHTS)
             logger.info("saved %d stage-1 tensors to %s", len(state), path)
     distributed.barrier()

@@ -26,7 +26,6 @@ SUPPORTED_FAMILIES = {
 class TowerParts:
     """The pieces of a tower that the split module drives directly."""
 
-    family: str
     embed: nn.Module  # pixel_values -> token sequence entering block 0
     blocks: nn.ModuleList
     feature_norm: nn.Module  # the norm the tower applies to its own output features (Identity for CLIP)
@@ -46,10 +45,6 @@ def vision_config_of(config: PretrainedConfig) -> PretrainedConfig:
             f"Supported: {', '.join(sorted(SUPPORTED_FAMILIES))} (DINOv2, DINOv2 with registers, CLIP, SigLIP)."
         )
     return config
-
-
-def tower_family(config: PretrainedConfig) -> str:
-    return SUPPORTED_FAMILIES[vision_config_of(config).model_type]
 
 
 def build_tower(config: PretrainedConfig) -> PreTrainedModel:
@@ -110,7 +105,6 @@ def tower_parts(tower: PreTrainedModel) -> TowerParts:
         embed = _PlainEmbed(tower.embeddings)
         blocks, norm, prefix = tower.encoder.layers, tower.post_layernorm, 0
     return TowerParts(
-        family=family,
         embed=embed,
         blocks=blocks,
         feature_norm=norm,
