@@ -8,7 +8,7 @@ from PIL import Image
 
 from vitsplit_vlm.chat import load_image
 from vitsplit_vlm.data.llava_json import LlavaDataset
-from vitsplit_vlm.metrics.runner import EvalItem, _load_images
+from vitsplit_vlm.eval.runner import EvalItem, _load_images
 
 
 def _palette_with_transparency(path):
