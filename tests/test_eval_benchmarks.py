@@ -214,12 +214,13 @@ def test_mmbench_run_prompt_and_submission(tmp_path):
 
     args = _miniset("mmbench", tmp_path)
     questions = load_mmbench(args[1])
-    rc, model, out = _run("mmbench", tmp_path, [q.answer for q in questions])
+    rc, model, out = _run("mmbench", tmp_path, [q.answer + "\x01" * (i == 0) for i, q in enumerate(questions)])
     assert rc == 0
     q0 = questions[0]
     assert model.prompts[0] == (f"{q0.hint}\n{q0.question}" + "".join(f"\n{k}. {v}" for k, v in q0.options.items())
                                 + "\nAnswer with the option's letter from the given choices directly.")
-    assert json.loads((out / "summary.json").read_text())["metrics"]["circular_accuracy"] == 100.0
+    # row 0 answers its letter + "\x01": no letter is inferable, its question fails (7 of 8); the sheet drops \x01
+    assert json.loads((out / "summary.json").read_text())["metrics"]["circular_accuracy"] == 87.5
     sub = pd.read_excel(out / "submission.xlsx")
     assert list(sub.columns[:7]) == ["index", "question", "A", "B", "C", "D", "prediction"]
     assert sub["prediction"].tolist() == [q.answer for q in questions]

@@ -26,6 +26,7 @@ import base64
 import binascii
 import io
 import random
+import re
 import string
 from collections import defaultdict
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ OPTION_LETTERS = "ABCD"
 ROUND = 10**6  # circular copies sit at index + k * ROUND
 SUBMISSION_NAME = "submission.xlsx"
 _DROPPED_FOR_SUBMISSION = ("hint", "category", "source", "image", "comment", "l2-category")
+_NOT_IN_XLSX = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # control characters a worksheet cannot hold
 
 
 @dataclass(frozen=True)
@@ -199,11 +201,12 @@ def load_items(args: argparse.Namespace) -> list[EvalItem]:
 
 
 def write_submission(path: Path, tsv: Path, answers: dict[int, str]) -> Path:
-    """LLaVA's convert_mmbench_for_submission.py table: the TSV's remaining columns plus 'prediction'."""
+    """LLaVA's convert_mmbench_for_submission.py table: the TSV's remaining columns plus 'prediction' (control
+    characters a model may emit are dropped from it: a worksheet cannot hold them, LLaVA's converter crashes)."""
     df = _read_tsv(tsv)
     df = df[df["index"].astype(int).isin(answers)]
     df = df.drop(columns=[c for c in _DROPPED_FOR_SUBMISSION if c in df.columns])
-    df.insert(min(6, len(df.columns)), "prediction", [answers[int(i)] for i in df["index"]])
+    df.insert(min(6, len(df.columns)), "prediction", [_NOT_IN_XLSX.sub("", answers[int(i)]) for i in df["index"]])
     tmp = path.with_name(f".{path.name}.tmp.xlsx")
     try:
         df.to_excel(tmp, index=False, engine="openpyxl")
