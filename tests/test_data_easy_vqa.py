@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -6,6 +10,8 @@ from PIL import Image
 from vitsplit_vlm.data import easy_vqa
 from vitsplit_vlm.data.llava_json import load_llava_json, scan_records
 from vitsplit_vlm.data.synthetic import SHORT_ANSWER_PROMPT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_package_data(root):
@@ -52,3 +58,21 @@ def test_converts_to_llava_json_grouping_train_questions_by_image(tmp_path):
 def test_wrong_data_dir_says_what_is_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train/questions\.json not found: --data-dir must be easy-vqa's data folder"):
         easy_vqa.convert(tmp_path / "out", tmp_path)
+
+
+def test_readme_commands_convert_then_train_and_score_the_test_split_by_question_type(tmp_path):
+    """The README's two commands from a working directory: convert into data/easy_vqa, then train with the shipped
+    easy_vqa config (cut to test-size models and 2 steps) and score the test split per question type."""
+    data = fake_package_data(tmp_path / "pkg" / "easy_vqa" / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+    for cmd in ([sys.executable, "-m", "vitsplit_vlm.data.easy_vqa", "--out", "data/easy_vqa", "--data-dir", str(data)],
+                [sys.executable, str(ROOT / "scripts" / "train_vqa.py"), "--config", "easy_vqa", "model.tiny_size=test", "model.split_options.task_layers=3",
+                 "stage2.max_steps=2", "stage2.per_device_train_batch_size=2"]):
+        result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    log = (tmp_path / "outputs" / "easy_vqa" / "train.log").read_text()
+    # One shape and one yes/no question in the fake test split: each type's majority answer is its only answer.
+    assert "on 2 questions (data/easy_vqa/val.json); baseline (majority answer per question type) 100.0%" in log
+    assert "(baseline 100.0%: 'circle'; 1 questions)" in log and "(baseline 100.0%: 'yes'; 1 questions)" in log
+    summary = json.loads((tmp_path / "outputs" / "easy_vqa" / "eval" / "summary.json").read_text())
+    assert sorted(summary["per_question_type"]) == ["shape", "yes/no"]

@@ -34,6 +34,16 @@ def test_demo_config_trains_both_stages_and_evaluates():
     assert config.eval is not None and config.model.vision_tower is None  # tiny checkpoints, synthetic data
 
 
+def test_easy_vqa_config_instruction_tunes_on_the_converted_set_and_scores_its_test_split():
+    config = _load("easy_vqa.yaml")
+    check_run_config(config)
+    assert [name for name, _ in stages(config)] == ["stage2"] and not config.stage2.require_init
+    data = config.stage2.data
+    assert (data.train_json, config.eval.val_json) == ("data/easy_vqa/train.json", "data/easy_vqa/val.json")
+    assert data.image_folder == config.eval.image_folder == "data/easy_vqa/images"
+    assert config.model.vision_tower is None and config.model.tiny_size == "demo"
+
+
 def test_recipe_configs_match_the_paper(tmp_path):
     with pytest.raises(ConfigError, match=r"^stage1\.data\.train_json: no such data file data/LLaVA-Pretrain/blip_laion_cc_sbu_558k\.json\.$"):
         check_train_config(_load("stage1_align.yaml"))  # the paper's data is named, not shipped: checked up front
