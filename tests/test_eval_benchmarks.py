@@ -312,3 +312,19 @@ def test_tiny_checkpoint_answers_each_miniset(name, tiny_vlm_dir, tmp_path, caps
     assert main(name, ["run", *command, "--limit", "6", "--batch-size", "4", "--max-new-tokens", "3"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["benchmark"] == name and summary["num_predictions"] == 6 and summary["metrics"] is not None
+
+
+def test_unknown_ids_are_named(tmp_path, capsys):
+    args = _miniset("pope", tmp_path)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": i, "prompt": "", "text": "yes"}) + "\n" for i in range(1, 14)))
+    assert main("pope", ["score", "--predictions", str(answers), "--question-file", args[1],
+                         "--annotation-dir", args[5]]) == 2
+    assert capsys.readouterr().err == (f"error: {answers}: 1 prediction(s) for question ids not in the ground truth "
+                                       "(e.g. [13]). Score against the matching question/annotation file.\n")
+    sqa = _miniset("scienceqa", tmp_path)
+    splits = json.loads(open(sqa[3]).read())
+    splits["test"].append("9999")
+    _write(tmp_path / "splits.json", splits)
+    with pytest.raises(EvalInputError, match=r"pid_splits file .*splits\.json: pid '9999' is not in .*problems\.json"):
+        load_sqa_problems(sqa[1], tmp_path / "splits.json", "test")
