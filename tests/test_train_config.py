@@ -36,7 +36,11 @@ def test_demo_config_trains_both_stages_and_evaluates():
 
 def test_easy_vqa_config_instruction_tunes_on_the_converted_set_and_scores_its_test_split():
     config = _load("easy_vqa.yaml")
-    check_run_config(config)
+    with pytest.raises(ConfigError, match=r"^stage2\.data\.train_json: no such data file data/easy_vqa/train\.json\.$"):
+        check_train_config(config)  # before `python -m vitsplit_vlm.data.easy_vqa --out data/easy_vqa`
+    Path("data/easy_vqa/images").mkdir(parents=True)
+    Path("data/easy_vqa/train.json").write_text("[]")
+    check_train_config(config)
     assert [name for name, _ in stages(config)] == ["stage2"] and not config.stage2.require_init
     data = config.stage2.data
     assert (data.train_json, config.eval.val_json) == ("data/easy_vqa/train.json", "data/easy_vqa/val.json")
