@@ -27,13 +27,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Dinov2Config, Dinov2Model
 
-from vitsplit_vlm.vision import ViTSplit, ViTSplitConfig, split_preset
+from vitsplit_vlm.vision import ViTSplit, ViTSplitConfig, resolve_split
 from vitsplit_vlm.vision.towers import run_block, tower_parts
 
 VARIANTS = ("frozen", "vit-split", "lora", "full", "full+adapter")
 DESCRIPTIONS = {
     "frozen": "frozen tower forward, no grad (floor)",
-    "vit-split": "ViT-Split, preset dinov2-b",
+    "vit-split": "ViT-Split, preset dinov2-b (plain 3x3 convs)",
     "lora": "peft LoRA r=16 on q/k/v/o + MLP, every block",
     "full": "full fine-tune",
     "full+adapter": "full fine-tune + ViT-Adapter-like branch",
@@ -53,7 +53,8 @@ class BenchConfig:
     num_classes: int = 150
     lora_rank: int = 16
     adapter_heads: int = 6
-    split: ViTSplitConfig = field(default_factory=lambda: split_preset("dinov2-b"))
+    # Plain 3x3 convs, as the figures in bench/README.md were measured; bench/dense_step.py times the deformable ones.
+    split: ViTSplitConfig = field(default_factory=lambda: resolve_split("dinov2-b", {"deformable": False}))
 
 
 def build_tower(cfg: BenchConfig) -> Dinov2Model:
@@ -259,7 +260,7 @@ def make_step(
     return train_step
 
 
-def _peak_mib(device: torch.device) -> float:
+def peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -276,12 +277,8 @@ def count_flops(step: Callable[[], None]) -> int:
     return counter.get_total_flops()
 
 
-def measure(name: str, cfg: BenchConfig, device: torch.device, bf16: bool, warmup: int, steps: int) -> dict:
-    """Warm-up steps, then the median of `steps` timed steps; meant to run alone in its own process."""
-    base_mib = _peak_mib(device) if device.type == "cpu" else 0.0
-    torch.manual_seed(0)
-    model = build_variant(name, cfg).to(device)
-    step = make_step(name, model, cfg, device, bf16)
+def time_steps(name: str, step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list[float]:
+    """Seconds of each timed step after `warmup` untimed ones (device-synchronised), with progress on stderr."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(warmup + steps):
@@ -294,20 +291,31 @@ def measure(name: str, cfg: BenchConfig, device: torch.device, bf16: bool, warmu
             times.append(elapsed)
         kind = "warm-up" if i < warmup else "timed"
         print(f"    {name}: {kind} step {i + 1}/{warmup + steps} {elapsed:.3f}s", file=sys.stderr, flush=True)
-    peak_mib = _peak_mib(device)  # read before the FLOP count: its math attention backend needs more memory
+    return times
+
+
+def measure(name: str, cfg: BenchConfig, device: torch.device, bf16: bool, warmup: int, steps: int) -> dict:
+    """Warm-up steps, then the median of `steps` timed steps; meant to run alone in its own process."""
+    base_mib = peak_mib(device) if device.type == "cpu" else 0.0
+    torch.manual_seed(0)
+    model = build_variant(name, cfg).to(device)
+    step = make_step(name, model, cfg, device, bf16)
+    times = time_steps(name, step, device, warmup, steps)
+    peak = peak_mib(device)  # read before the FLOP count: its math attention backend needs more memory
     return {
         "variant": name,
         "trainable_params": trainable_params(model),
         "gflop": count_flops(step) / 1e9,
         "step_s": statistics.median(times),
         "times_s": times,
-        "peak_mib": peak_mib,
+        "peak_mib": peak,
         "base_mib": base_mib,
     }
 
 
-def _run_in_subprocess(name: str, argv: list[str]) -> dict:
-    worker = subprocess.run([sys.executable, __file__, *argv, "--worker", name], stdout=subprocess.PIPE, text=True)
+def run_in_subprocess(name: str, argv: list[str], script: str = __file__) -> dict:
+    """Run `script ... --worker name` and return the JSON result it prints last: one variant per process."""
+    worker = subprocess.run([sys.executable, script, *argv, "--worker", name], stdout=subprocess.PIPE, text=True)
     if worker.returncode:
         sys.exit(f"Variant '{name}' failed in its subprocess (exit {worker.returncode}); its error is printed above.")
     return json.loads(worker.stdout.strip().splitlines()[-1])
@@ -364,7 +372,7 @@ def main() -> None:
     results = []
     for i, name in enumerate(VARIANTS, 1):
         print(f"[{i}/{len(VARIANTS)}] {name}: {DESCRIPTIONS[name]}", file=sys.stderr, flush=True)
-        results.append(_run_in_subprocess(name, sys.argv[1:]))
+        results.append(run_in_subprocess(name, sys.argv[1:]))
     speedup = print_table(results, device, cfg, args.dtype)
     if args.json_out:
         summary = {

@@ -188,3 +188,18 @@ def test_split_settings_resolve_as_in_the_vlm_configs(tmp_path):
     cfg.model.split, cfg.model.split_options = None, None
     with pytest.raises(ValueError, match=r"^model\.split is not set: name a split preset \(clip-l-vlm, dinov2-b, "):
         build_split(cfg)
+
+
+@pytest.mark.parametrize("name, preset, task, lr", [
+    ("dense_ade20k_vits", "dinov2-s", "seg", 3e-4), ("dense_ade20k_vitb", "dinov2-b", "seg", 2e-4),
+    ("dense_ade20k_vitl", "dinov2-l", "seg", 2e-4), ("dense_nyu_vits", "dinov2-s", "depth", 5e-4),
+])
+def test_paper_recipes_load_with_the_deformable_dense_split(name, preset, task, lr):
+    from vitsplit_vlm.vision import resolve_split
+
+    cfg = load_config(DenseRunConfig, name)
+    assert (cfg.model.split, cfg.model.task, cfg.train.learning_rate, cfg.train.task_head_lr_mult) == (preset, task, lr, 0.1)
+    assert resolve_split(cfg.model.split, cfg.model.split_options).deformable
+    if task == "seg":
+        assert (cfg.data.crop_size, cfg.data.scale, cfg.eval.crop_size, cfg.eval.stride) == (512, [2048, 512], 512, 341)
+        assert (cfg.train.max_steps, cfg.train.warmup_steps, cfg.model.num_classes) == (40000, 1500, 150)
