@@ -12,6 +12,7 @@ phrase.") becomes the user turn after its image, rendered with the conversation 
 `vitsplit_vlm.models.generation.generate_replies` (one vision pass and prefix prefill per image). Sampling
 settings in a task's ``generation_kwargs`` are ignored (greedy always); ``max_new_tokens`` and ``until`` are
 honoured. A LLaVA-1.5-style model sees one image per question: documents with no image or several are refused.
+One process: lmms-eval's data-parallel launch (`accelerate launch`) is not supported.
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from collections.abc import Sequence
 
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from PIL import Image
 from tqdm import tqdm
 
 from .conversation import IMAGE_TOKEN
+from .eval.generation import image_prompt_messages
 from .models.generation import generate_replies
 from .models.loading import load_for_inference
 
@@ -31,8 +32,11 @@ MODEL_ID = "vitsplit_llava"
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
-def manifest() -> ModelManifest:
-    """The entry-point payload lmms-eval registers."""
+def manifest():
+    """The entry-point payload lmms-eval registers (imported here: lmms-eval's model registry loads this module
+    while it initialises)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.VitSplitLlava")
 
 
@@ -44,9 +48,10 @@ def truncate_at(text: str, until: Sequence[str]) -> str:
     return text.strip()
 
 
-def _with_image(context: str) -> str:
-    """The user turn: the task's text with its image placeholder (the renderer puts it first, as LLaVA does)."""
-    return context if IMAGE_TOKEN in context else f"{IMAGE_TOKEN}\n{context}"
+def _messages(context: str) -> list[dict[str, str]]:
+    """The user turn of the native benchmarks (image first, then the task's text); a text that already holds
+    the placeholder keeps it (the renderer lays it out as LLaVA does)."""
+    return [{"role": "user", "content": context}] if IMAGE_TOKEN in context else image_prompt_messages(context)
 
 
 class VitSplitLlava(lmms):
@@ -95,7 +100,7 @@ class VitSplitLlava(lmms):
             for start in range(0, len(indices), chunk):
                 rows = indices[start:start + chunk]
                 images = [self._image(requests[i]) for i in rows]
-                conversations = [[{"role": "user", "content": _with_image(requests[i].args[0])}] for i in rows]
+                conversations = [_messages(requests[i].args[0]) for i in rows]
                 answers = generate_replies(self.model, self.processor, images, conversations, template=self.template,
                                            max_new_tokens=max_new_tokens, batch_size=self.batch_size)
                 for i, answer in zip(rows, answers):
