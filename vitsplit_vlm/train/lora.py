@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import nn
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+from ..config import ConfigError
 from ..models import VitSplitLlavaForConditionalGeneration
 from ..models.processing_vitsplit_llava import VitSplitLlavaProcessor
 from .config import LoraConfig
@@ -58,7 +59,7 @@ def merge_lora(model_dir: str | Path, adapter_dir: str | Path) -> VitSplitLlavaF
 
     for path, marker in ((Path(model_dir), "config.json"), (Path(adapter_dir), "adapter_config.json")):
         if not (path / marker).is_file():
-            raise FileNotFoundError(f"{path} has no {marker}: expected a LoRA stage's base_model/ and final/ dirs.")
+            raise ConfigError(f"{path} has no {marker}: expected a LoRA stage's base_model/ and final/ dirs.")
     unset_hf_deepspeed_config()  # a ZeRO-3 run's config must not turn loading into zero.Init
     base = VitSplitLlavaForConditionalGeneration.from_pretrained(model_dir)
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

@@ -12,10 +12,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import run_cli
 from .lora import merge_lora_dirs
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI: a directory that is not a base model / adapter prints one line and exits 2."""
+    return run_cli(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="base model dir (a LoRA stage's base_model/)")
     parser.add_argument("--adapter", type=Path, required=True, help="adapter dir (a LoRA stage's final/)")
