@@ -336,13 +336,13 @@ def print_table(results: list[dict], device: torch.device, cfg: DenseBenchConfig
     print(f"\n{cfg.image_size} px, batch {cfg.batch_size}, 150 classes, {device.type}, fp32; x = vs vit-split; memory = {memory}")
     if device.type == "cpu":
         print(f"CPU ({torch.get_num_threads()} threads): absolute times are NOT meaningful, only the ratios and FLOPs.")
-    print(f"{'size':<6}{'variant':<17}{'trainable M':>12}{'GFLOP':>9}{'x FLOP':>8}{'step s':>9}{'x time':>8}{'peak MiB':>10}")
+    print(f"{'size':<9}{'variant':<17}{'trainable M':>12}{'GFLOP':>9}{'x FLOP':>8}{'step s':>9}{'x time':>8}{'peak MiB':>10}")
     ratios = {}
     for size in dict.fromkeys(r["size"] for r in results):
         rows = {r["variant"]: r for r in results if r["size"] == size}
         ref = rows["vit-split"]
         for r in rows.values():
-            print(f"{'ViT-' + size.upper():<6}{r['variant']:<17}{r['trainable_params'] / 1e6:>12.2f}{r['gflop']:>9.1f}"
+            print(f"{'ViT-' + size.upper():<9}{r['variant']:<17}{r['trainable_params'] / 1e6:>12.2f}{r['gflop']:>9.1f}"
                   f"{r['gflop'] / ref['gflop']:>8.2f}{r['step_s']:>9.3f}{r['step_s'] / ref['step_s']:>8.2f}{r['peak_mib']:>10.0f}")
         ratios[size] = rows["vit-adapter"]["step_s"] / ref["step_s"]
         deform = ref["step_s"] - rows["vit-split-plain"]["step_s"]
