@@ -172,20 +172,35 @@ def _pair(size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-class SegPipeline:
+class _Pipeline:
+    """What both pipelines share: mean/std normalisation in 0-255 pixels and the eval-time keep-ratio rescale."""
+
+    def __init__(self, cfg, mean: list[float], std: list[float], train: bool):
+        self.cfg, self.train = cfg, train
+        self.mean, self.std = torch.tensor(mean).view(3, 1, 1) * 255, torch.tensor(std).view(3, 1, 1) * 255
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return (image - self.mean) / self.std
+
+    def eval_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Eval images are rescaled into `scale` (keep ratio) and normalised; labels stay at their original size."""
+        if self.cfg.scale:
+            image, _ = resize(image, None, rescale_size(*image.shape[-2:], tuple(self.cfg.scale)))
+        return self.normalize(image)
+
+
+class SegPipeline(_Pipeline):
     """mmseg's ADE20K pipeline: train = rescale, cat-limited crop, flip, photometric distortion, normalise, pad
     (ignore_index); eval = keep-ratio rescale into `scale`, normalise (labels stay at their original size)."""
 
     def __init__(self, cfg, mean: list[float], std: list[float], ignore_index: int, train: bool):
-        self.cfg, self.train, self.ignore_index = cfg, train, ignore_index
-        self.mean, self.std = torch.tensor(mean).view(3, 1, 1) * 255, torch.tensor(std).view(3, 1, 1) * 255
+        super().__init__(cfg, mean, std, train)
+        self.ignore_index = ignore_index
 
     def __call__(self, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         if not self.train:
-            if cfg.scale:
-                image, _ = resize(image, None, rescale_size(*image.shape[-2:], tuple(cfg.scale)))
-            return (image - self.mean) / self.std, target
+            return self.eval_image(image), target
         if cfg.scale:
             image, target = random_rescale(image, target, tuple(cfg.scale), tuple(cfg.ratio_range))
         crop = _pair(cfg.crop_size)
@@ -193,26 +208,20 @@ class SegPipeline:
         image, target = random_flip(image, target)
         if cfg.photometric:
             image = photometric_distortion(image)
-        image, target = pad_to((image - self.mean) / self.std, target, crop, self.ignore_index)
+        image, target = pad_to(self.normalize(image), target, crop, self.ignore_index)
         return image.contiguous(), target.contiguous()
 
 
-class DepthPipeline:
+class DepthPipeline(_Pipeline):
     """The depth toolbox's NYU pipeline: train = rotation, flip, crop (padded with no-depth), colour jitter,
     normalise; eval = normalise, depth outside the Eigen crop marked missing (0) so no metric counts it."""
-
-    def __init__(self, cfg, mean: list[float], std: list[float], train: bool):
-        self.cfg, self.train = cfg, train
-        self.mean, self.std = torch.tensor(mean).view(3, 1, 1) * 255, torch.tensor(std).view(3, 1, 1) * 255
 
     def __call__(self, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         if not self.train:
-            if cfg.scale:
-                image, _ = resize(image, None, rescale_size(*image.shape[-2:], tuple(cfg.scale)))
             if cfg.eigen_crop:
                 target = torch.where(eigen_crop_mask(*target.shape), target, torch.zeros_like(target))
-            return (image - self.mean) / self.std, target
+            return self.eval_image(image), target
         if cfg.scale:
             image, target = random_rescale(image, target, tuple(cfg.scale), tuple(cfg.ratio_range))
         if cfg.rotate_degree:
@@ -222,5 +231,5 @@ class DepthPipeline:
         image, target = random_crop(image, target, crop)
         if cfg.color_jitter:
             image = color_jitter(image)
-        image, target = pad_to((image - self.mean) / self.std, target, crop, 0.0)
+        image, target = pad_to(self.normalize(image), target, crop, 0.0)
         return image.contiguous(), target.contiguous()
