@@ -74,6 +74,8 @@ class DenseRunConfig:
 
     def __post_init__(self) -> None:
         """Checkpoint directories are checked when the config loads, before any data or model is built."""
+        if self.init_from_vlm and self.tower:
+            raise ConfigError("Set either tower or init_from_vlm: the VLM checkpoint already holds its tower.")
         if self.tower:
             check_vision_tower_dir(self.tower, "tower")
         if self.init_from_vlm and not (Path(self.init_from_vlm) / "config.json").is_file():
@@ -114,8 +116,6 @@ def build_split(cfg: DenseRunConfig) -> tuple[ViTSplit, Path]:
     """The split module and the checkpoint directory it came from."""
     model = cfg.model
     if cfg.init_from_vlm:
-        if cfg.tower:
-            raise ConfigError("Set either tower or init_from_vlm: the VLM checkpoint already holds its tower.")
         if model.split or model.split_options:
             raise ConfigError(
                 "Set either model.split/model.split_options or init_from_vlm: the VLM checkpoint already holds its split."
