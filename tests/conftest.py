@@ -1,5 +1,6 @@
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,12 @@ def tiny_chat_vlm_dir(tiny_vlm_dir, tmp_path_factory) -> Path:
     config.suppress_tokens = sorted(set(AutoTokenizer.from_pretrained(out).all_special_ids))
     config.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nobody listens on now, so a launcher or server started by a test does not collide with
+    another job's (DeepSpeed's launcher defaults to 29500)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -102,9 +102,9 @@ LAUNCHER = Path(sys.executable).parent / "deepspeed"  # the launcher of this int
 
 
 @pytest.mark.skipif(not LAUNCHER.exists(), reason="the deepspeed launcher is not installed next to this Python")
-def test_deepspeed_two_ranks_zero2_then_zero3(tmp_path):
+def test_deepspeed_two_ranks_zero2_then_zero3(tmp_path, free_port):
     out = tmp_path / "run"
-    _run([str(LAUNCHER), "--num_gpus", "2", "scripts/train_vqa.py", "--config", str(_config(out, "zero3.json"))], threads=1)
+    _run([str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port), "scripts/train_vqa.py", "--config", str(_config(out, "zero3.json"))], threads=1)
     log = _check_outputs(out)
     assert "stage1: 2 process(es), DeepSpeed" in log and "stage2: 2 process(es), DeepSpeed" in log
     # ZeRO-3 partitions parameters across the ranks; the saved model must be gathered whole.
