@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 
 from .chat import COMMANDS_HELP, EMPTY_REPLY, ChatSession, add_model_args, chat_model_from_args
 
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="image to start with")
     args = parser.parse_args(argv)
     chat_model = chat_model_from_args(parser, args)
+    # The model and the libraries live as long as the process: moved out of the collector's sight, they are not
+    # re-scanned by every collection, and /quit does not wait seconds for the final collection at exit.
+    gc.freeze()
     session = ChatSession(chat_model)
     print(f"Loaded {args.model} (template {chat_model.template}). {COMMANDS_HELP}", flush=True)
     if args.image:
