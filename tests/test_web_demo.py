@@ -157,7 +157,9 @@ def test_upload_ask_see_the_answer_and_clear(tiny_chat_vlm_dir, tmp_path):
         answer = _poll("a non-empty answer", lambda: browser.script(last_bot), 30, lambda: server_log.read_text()[-3000:])
         assert answer != EMPTY_REPLY
         assert "What colour is the picture?" in browser.script("return document.querySelector('#chatbot').innerText;")
-        assert browser.script("return document.querySelector('#notice').innerText.trim();") == "Loaded image red.png (64x48)."
+        notice = "return document.querySelector('#notice').innerText.trim();"
+        _poll("the notice 'Loaded image red.png (64x48).'", lambda: browser.script(notice) == "Loaded image red.png (64x48).", 30,
+              lambda: f"the notice reads {browser.script(notice)!r}")
         shot = tmp_path / "web_demo.png"
         shot.write_bytes(base64.b64decode(browser.call("GET", browser.session + "/screenshot")))
         browser.click("#clear")
@@ -200,8 +202,10 @@ def test_example_click_with_the_sampling_controls(tiny_chat_vlm_dir, tmp_path):
         browser.click("#send")
         last_bot = "const m = document.querySelectorAll('#chatbot [data-testid=\"bot\"]'); return m.length ? m[m.length - 1].innerText.trim() : '';"
         notice = "return document.querySelector('#notice').innerText.trim();"
-        _poll("the notice", lambda: browser.script(notice), 30, lambda: server_log.read_text()[-3000:])
-        assert browser.script(notice) == "Loaded image two_shapes.png (168x168)."
+        loaded = "Loaded image two_shapes.png (168x168)."
+        # While the request runs, Gradio shows its progress text ("processing | 0.0s") in the notice's place.
+        _poll(f"the notice {loaded!r}", lambda: browser.script(notice) == loaded, 30,
+              lambda: f"the notice reads {browser.script(notice)!r}. {server_log.read_text()[-3000:]}")
         _poll("the greedy 2-token answer", lambda: browser.script(last_bot) == expected, 30,
               lambda: f"page shows {browser.script(last_bot)!r}, expected {expected!r}")
         (tmp_path / "web_demo_example.png").write_bytes(base64.b64decode(browser.call("GET", browser.session + "/screenshot")))
