@@ -44,6 +44,20 @@ def test_padding_is_cropped_where_the_split_module_added_it(tiny_ckpts):
         assert torch.allclose(model(x).logits, padded[..., 4:24, 4:24], atol=1e-5)
 
 
+def test_a_tower_that_drops_partial_patches_predicts_its_border_from_the_last_patches(tiny_ckpts):
+    """SigLIP floors its grid: a 30 x 45 input is read as 28 x 42 (2 x 3 patches). The output keeps the input size,
+    equals the prediction on those 28 x 42 pixels there, and repeats their last row / column over the rest."""
+    torch.manual_seed(0)
+    model = DenseSplitModel.from_tower(tiny_ckpts["siglip"], SPLIT, DenseModelConfig(task="seg", num_classes=3)).eval()
+    x = torch.randn(1, 3, 30, 45)
+    with torch.no_grad():
+        full, covered = model(x).logits, model(x[..., :28, :42]).logits
+    assert full.shape == (1, 3, 30, 45)
+    torch.testing.assert_close(full[..., :28, :42], covered, atol=1e-5, rtol=0)
+    torch.testing.assert_close(full[..., 28:, :42], covered[..., 27:28, :].expand(-1, -1, 2, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(full[..., 42:], full[..., 41:42].expand(-1, -1, -1, 3), atol=0, rtol=0)
+
+
 def test_segmentation_loss_ignores_ignore_index(tiny_ckpts):
     model = _model(tiny_ckpts, task="seg", num_classes=4)
     labels = torch.randint(0, 4, (2, 28, 28))

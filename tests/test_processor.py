@@ -137,11 +137,11 @@ def test_tokenizer_chat_template_gets_a_single_bos(tiny_ckpts, tmp_path):
 
 def test_save_load_through_auto_processor(tiny_processor, tmp_path):
     custom = VitSplitLlavaProcessor(tiny_processor.image_processor, tiny_processor.tokenizer, patch_size=14,
-                                    pad_to_square=True, padding_side="right")
+                                    floor_grid=True, pad_to_square=True, padding_side="right")
     custom.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, VitSplitLlavaProcessor)
-    assert (loaded.patch_size, loaded.pad_to_square, loaded.padding_side) == (14, True, "right")
+    assert (loaded.patch_size, loaded.floor_grid, loaded.pad_to_square, loaded.padding_side) == (14, True, True, "right")
     assert loaded.image_token_id == tiny_processor.image_token_id and loaded.image_size == (28, 28)
     image = _image(5, (50, 20))
     a, b = custom(text="<image> hi", images=image), loaded(text="<image> hi", images=image)

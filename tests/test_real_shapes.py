@@ -22,11 +22,7 @@ TOWERS = {
     "dinov2-with-registers-large": (224, 256, 5, 1024),
 }
 # 384 is not a multiple of 14: SigLIP's patch conv takes a 27 x 27 grid (729 tokens, the last 6 pixel rows and
-# columns unused), but ViTSplit centre-pads to 392 px and the processor counts ceil(384 / 14)^2 = 784 tokens, on
-# position embeddings interpolated to 28 x 28. A known defect, kept visible here until the split module follows
-# the tower's own grid at its native size.
-SIGLIP_GRID = pytest.mark.xfail(strict=True, reason="ViTSplit pads 384 px to 392: 784 tokens instead of SigLIP's 729")
-CASES = [pytest.param(name, marks=SIGLIP_GRID if name.startswith("siglip") else ()) for name in TOWERS]
+# columns unused, on its own 729 position embeddings); the split module and the processor follow that grid.
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +30,7 @@ def lm_dir(tmp_path_factory):
     return write_config_dir("vicuna-7b-v1.5", tmp_path_factory.mktemp("vicuna"))
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", TOWERS)
 def test_the_processor_expands_image_to_the_towers_token_grid(name, lm_dir, tmp_path):
     pixels, tokens, _, _ = TOWERS[name]
     processor = VitSplitLlavaProcessor.from_components(write_config_dir(name, tmp_path / name), lm_dir)
@@ -43,7 +39,7 @@ def test_the_processor_expands_image_to_the_towers_token_grid(name, lm_dir, tmp_
     assert tuple(batch.shape) == (1, 3, pixels, pixels)
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", TOWERS)
 @pytest.mark.parametrize("preset, width", [("clip-l-vlm", 4096), ("llava-baseline", None)])
 def test_split_module_gives_the_lm_width_tokens_at_real_shapes(name, preset, width):
     pixels, tokens, prefix, hidden = TOWERS[name]

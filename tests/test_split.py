@@ -109,6 +109,30 @@ def test_any_image_size_is_padded_to_whole_patches(tiny_ckpts):
     assert split.num_tokens() == 4 and split.num_tokens(30, 43) == 12
 
 
+@pytest.mark.parametrize("size", [(32, 32), (30, 43)])  # native but not whole patches (as 384 / 14), and another
+def test_siglip_drops_partial_patches_as_the_tower_does(tmp_path, size):
+    """SigLIP so400m/14 at 384 px is a 27 x 27 grid: its patch conv floors. A tiny SigLIP whose native 32 px is not a
+    multiple of its 14 px patch: the split's token count and frozen features are the tower's own output."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    config = SiglipVisionConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                                image_size=32, patch_size=14)
+    tower = SiglipVisionModel(config).eval()
+    pixels = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ref = tower(pixels, interpolate_pos_encoding=size != (32, 32)).last_hidden_state  # post_layernorm applied
+    split = ViTSplit(tower, ViTSplitConfig(task_layers=2, prior_layers=[1, 3]))
+    baseline = ViTSplit(tower, ViTSplitConfig(use_split=False))  # plain LLaVA features at the last layer
+    grid = (size[0] // 14, size[1] // 14)
+    assert split.grid_size(*size) == grid and split.num_tokens(*size) == ref.shape[1] == grid[0] * grid[1]
+    assert split.num_tokens() == 4  # the native 32 px: 2 x 2, as the tower's 4 position embeddings
+    out = split(pixels)
+    assert out.tokens.shape == (2, grid[0] * grid[1], 32)
+    torch.testing.assert_close(_as_tokens(out.task_map), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(baseline(pixels).tokens, ref, atol=1e-5, rtol=0)
+
+
 def test_pyramid_levels(tiny_ckpts):
     out = _split(tiny_ckpts, "dinov2")(torch.randn(1, 3, 56, 56))
     levels = FeaturePyramid(32)(out.feature_map)

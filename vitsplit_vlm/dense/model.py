@@ -69,10 +69,14 @@ class DenseSplitModel(nn.Module):
         return DenseOutput(loss=loss, logits=out)
 
     def _to_input_frame(self, head_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Resize the head map to the patch-padded input, then crop the centre padding the split module added."""
+        """Resize the head map to the pixels its patch grid covers, then back to the input frame: crop the centre
+        padding the split module added, or (a tower that drops partial patches) extend the last row / column over
+        the bottom / right pixels the patch conv left out."""
         p = self.split.patch_size
         grid_h, grid_w = self.split.grid_size(*size)
         padded = F.interpolate(head_map, size=(grid_h * p, grid_w * p), mode="bilinear", align_corners=False)
+        if self.split.parts.floor_grid:
+            return F.pad(padded, (0, size[1] - grid_w * p, 0, size[0] - grid_h * p), mode="replicate")
         top, left = (grid_h * p - size[0]) // 2, (grid_w * p - size[1]) // 2  # as ViTSplit._pad_to_patch
         return padded[..., top : top + size[0], left : left + size[1]]
 

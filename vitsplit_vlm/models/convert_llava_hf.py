@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaCon
 from ..config import ConfigError
 from ..errors import run_cli
 from ..vision import SPLIT_PRESETS, ViTSplitConfig, split_preset
-from ..vision.towers import tower_parts
+from ..vision.towers import floors_patch_grid, tower_parts
 from .configuration_vitsplit_llava import VitSplitLlavaConfig
 from .modeling_vitsplit_llava import VitSplitLlavaForConditionalGeneration
 from .processing_vitsplit_llava import VitSplitLlavaProcessor
@@ -83,7 +83,7 @@ def convert_llava_hf(
     split.feature_layer = source.vision_feature_layer
     processor = VitSplitLlavaProcessor(
         AutoImageProcessor.from_pretrained(src), AutoTokenizer.from_pretrained(src),
-        patch_size=source.vision_config.patch_size,
+        patch_size=source.vision_config.patch_size, floor_grid=floors_patch_grid(source.vision_config),
     )
     if processor.image_token_id != source.image_token_id:
         raise ConfigError(

@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, BatchFea
 from ..conversation import (
     IGNORE_INDEX, IMAGE_TOKEN, Template, encode_prompt, encode_text, expand_image_tokens, render_prompt,
 )
-from ..vision.towers import vision_config_of
+from ..vision.towers import floors_patch_grid, patch_grid, vision_config_of
 from .tokenizer import prepare_tokenizer, token_id
 
 Messages = Sequence[Mapping[str, str]]
@@ -52,6 +52,8 @@ class VitSplitLlavaProcessor(ProcessorMixin):
     """`processor(text, images)` -> input_ids, attention_mask, pixel_values for `VitSplitLlavaForConditionalGeneration`.
 
     patch_size: the tower's patch size (tokens per image = ceil(H/p) * ceil(W/p) of the processed image).
+    floor_grid: the tower drops partial patches (SigLIP: floor(H/p) * floor(W/p) tokens, 27 x 27 at 384 px), as the
+    split module does for it; `from_components` sets it from the tower's config.
     pad_to_square: pad images to a square of the mean colour first (LLaVA-1.5's training recipe) instead of
     letting the centre crop cut the long side.
     padding_side: "left" so a batch can be generated from (the default), "right" for training.
@@ -62,6 +64,7 @@ class VitSplitLlavaProcessor(ProcessorMixin):
         image_processor=None,
         tokenizer=None,
         patch_size: int = 14,
+        floor_grid: bool = False,
         pad_to_square: bool = False,
         padding_side: str = "left",
         **kwargs,
@@ -69,6 +72,7 @@ class VitSplitLlavaProcessor(ProcessorMixin):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
         self.patch_size, self.pad_to_square, self.padding_side = patch_size, pad_to_square, padding_side
+        self.floor_grid = floor_grid
         super().__init__(image_processor, tokenizer, **kwargs)
         image_token_id = token_id(tokenizer, IMAGE_TOKEN)
         if image_token_id is None:
@@ -83,10 +87,10 @@ class VitSplitLlavaProcessor(ProcessorMixin):
         """From the same hand-downloaded checkpoints as `VitSplitLlavaForConditionalGeneration.from_components`,
         with the LM's tokenizer prepared the same way (`prepare_tokenizer`: `<image>` and a pad token added if
         missing), so its ids match that model's vocabulary."""
-        patch_size = vision_config_of(AutoConfig.from_pretrained(vision_path)).patch_size
+        vision = vision_config_of(AutoConfig.from_pretrained(vision_path))
         return cls(
             AutoImageProcessor.from_pretrained(vision_path), prepare_tokenizer(AutoTokenizer.from_pretrained(language_path)),
-            patch_size=patch_size, **kwargs,
+            patch_size=vision.patch_size, floor_grid=floors_patch_grid(vision), **kwargs,
         )
 
     @property
@@ -105,8 +109,10 @@ class VitSplitLlavaProcessor(ProcessorMixin):
     @property
     def num_image_tokens(self) -> int:
         """What one `<image>` expands to; equals `model.num_image_tokens` for the matching tower."""
-        height, width = self.image_size
-        return math.ceil(height / self.patch_size) * math.ceil(width / self.patch_size)
+        return self._tokens_for(*self.image_size)
+
+    def _tokens_for(self, height: int, width: int) -> int:
+        return math.prod(patch_grid(height, width, self.patch_size, self.floor_grid))
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """N x 3 x H x W pixel values for images of any size and mode (RGBA, grayscale, palette, 1x1, ...)."""
@@ -200,7 +206,7 @@ class VitSplitLlavaProcessor(ProcessorMixin):
         per_image = self.num_image_tokens
         if flat:
             data["pixel_values"] = self.preprocess_images(flat)
-            per_image = math.prod(math.ceil(s / self.patch_size) for s in data["pixel_values"].shape[-2:])
+            per_image = self._tokens_for(*data["pixel_values"].shape[-2:])
         ids = [self._expand(row, per_image) for row in ids]
         if truncation:
             ids = self._truncate(ids, max_length or self.tokenizer.model_max_length)

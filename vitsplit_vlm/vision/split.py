@@ -24,7 +24,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ..zero3 import any_partitioned, copy_module_weights
 from .deform import DeformConv3x3
-from .towers import TowerParts, run_block, tower_parts
+from .towers import TowerParts, patch_grid, run_block, tower_parts
 
 
 @dataclass
@@ -168,16 +168,20 @@ class ViTSplit(nn.Module):
         return self.parts.patch_size
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
-        p = self.parts.patch_size
-        return math.ceil(height / p), math.ceil(width / p)
+        """The patch grid for an input of this size: the tower's own (floored) grid for SigLIP, else whole patches
+        after centre padding (see `towers.FLOOR_GRID_FAMILIES`)."""
+        return patch_grid(height, width, self.parts.patch_size, self.parts.floor_grid)
 
     def num_tokens(self, height: int | None = None, width: int | None = None) -> int:
         h, w = self.grid_size(height or self.parts.image_size, width or self.parts.image_size)
         return h * w
 
     def _pad_to_patch(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Centre-pad to a multiple of the patch size, so no border pixels are dropped by the patch conv."""
+        """Centre-pad to a multiple of the patch size, so no border pixels are dropped by the patch conv (not for a
+        tower that floors its grid: its patch conv drops the partial patches itself)."""
         p = self.parts.patch_size
+        if self.parts.floor_grid:
+            return pixel_values
         height, width = pixel_values.shape[-2:]
         pad_h, pad_w = (-height) % p, (-width) % p
         if pad_h == pad_w == 0:

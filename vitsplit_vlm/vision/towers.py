@@ -20,6 +20,11 @@ SUPPORTED_FAMILIES = {
     "clip_vision_model": "clip",
     "siglip_vision_model": "siglip",
 }
+# Families whose checkpoints come at a native size that is not a multiple of the patch (SigLIP so400m/14 at 384 px):
+# their patch conv drops the partial last row / column of patches, and the position embeddings were learnt on that
+# floored grid (27 x 27 at 384 px), so the split follows the tower. The other families' native sizes are whole
+# patches; at other sizes the split centre-pads to whole patches so no border pixel is lost (dense tasks).
+FLOOR_GRID_FAMILIES = {"siglip"}
 
 
 @dataclass
@@ -33,6 +38,19 @@ class TowerParts:
     patch_size: int
     hidden_size: int
     image_size: int
+    floor_grid: bool  # True: partial patches are dropped, as the tower does; False: the input is padded to whole patches
+
+
+def floors_patch_grid(config: PretrainedConfig) -> bool:
+    """Whether the split (and the processor's token count) drops partial patches for this tower, as the tower does."""
+    return SUPPORTED_FAMILIES[vision_config_of(config).model_type] in FLOOR_GRID_FAMILIES
+
+
+def patch_grid(height: int, width: int, patch_size: int, floor: bool) -> tuple[int, int]:
+    """Patch rows x columns for an image: floored (partial patches dropped) or rounded up (padded to whole ones)."""
+    if floor:
+        return height // patch_size, width // patch_size
+    return -(-height // patch_size), -(-width // patch_size)
 
 
 def vision_config_of(config: PretrainedConfig) -> PretrainedConfig:
@@ -112,6 +130,7 @@ def tower_parts(tower: PreTrainedModel) -> TowerParts:
         patch_size=config.patch_size,
         hidden_size=config.hidden_size,
         image_size=config.image_size,
+        floor_grid=family in FLOOR_GRID_FAMILIES,
     )
 
 
