@@ -14,6 +14,7 @@ image and split; LMs: the test-size tiny Llama and a wide one (2048 wide, 2 laye
 
     python bench/eval_throughput.py                        # CPU, a few minutes on 2 cores
     python bench/eval_throughput.py --device cuda --images 60 --batch-size 32 --json eval_throughput.json
+    python bench/eval_throughput.py --smoke                # tiny, one process: checks, not figures
 """
 from __future__ import annotations
 
@@ -159,6 +160,9 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def spawn(args: argparse.Namespace, **extra) -> dict:
+    """`worker` in a fresh process (its peak memory is its own); in this one with --smoke (checks, not figures)."""
+    if args.smoke:
+        return worker(argparse.Namespace(**{**vars(args), **extra}))
     argv = [sys.executable, __file__, "--device", args.device, "--dtype", args.dtype, "--batch-size",
             str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens), "--images", str(args.images),
             "--repeats", str(args.repeats), "--chat-turns", str(args.chat_turns), "--sets", *args.sets]
@@ -207,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny LM at 28 px, one image, pope, 2 tokens, 2 chat turns, in one process: checks, not figures")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=[*MODES, "chat"], help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
@@ -214,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.images, args.batch_size, args.max_new_tokens, args.repeats) < 1:
         parser.error("--images, --batch-size, --max-new-tokens and --repeats must be >= 1")
+    if args.smoke:
+        args.lm, args.sets, args.images, args.batch_size, args.max_new_tokens = ["tiny"], ["pope"], 1, 4, 2
+        args.repeats, args.image_size, args.chat_turns = 1, 28, 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
         torch.set_num_threads(args.threads)

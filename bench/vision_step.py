@@ -6,6 +6,7 @@ frozen tower's no-grad forward is the floor. Each variant runs in its own subpro
 
     python bench/vision_step.py                                  # CPU: only the ratios mean anything
     python bench/vision_step.py --device cuda --dtype bf16 --batch-size 32 --json vision_step.json
+    python bench/vision_step.py --smoke                          # tiny tower, one process: checks, not figures
 """
 from __future__ import annotations
 
@@ -55,6 +56,12 @@ class BenchConfig:
     adapter_heads: int = 6
     # Plain 3x3 convs, as the figures in bench/README.md were measured; bench/dense_step.py times the deformable ones.
     split: ViTSplitConfig = field(default_factory=lambda: resolve_split("dinov2-b", {"deformable": False}))
+
+
+def smoke_config() -> BenchConfig:
+    """A tiny tower (4 blocks, 32 wide, 28 px) for --smoke: every variant builds and steps, in seconds."""
+    return BenchConfig(hidden_size=32, num_layers=4, num_heads=2, image_size=28, batch_size=2, lora_rank=4,
+                       adapter_heads=2, split=ViTSplitConfig(task_layers=1, prior_layers=[1, 3]))
 
 
 def build_tower(cfg: BenchConfig) -> Dinov2Model:
@@ -326,7 +333,8 @@ def print_table(results: list[dict], device: torch.device, cfg: BenchConfig, dty
     by_name = {r["variant"]: r for r in results}
     split, adapter = by_name["vit-split"], by_name["full+adapter"]
     memory = "peak CUDA allocated" if device.type == "cuda" else "peak RSS of the variant's process"
-    print(f"\nViT-B/14 DINOv2 (random init), {cfg.image_size} px, batch {cfg.batch_size}, {device.type}, {dtype}")
+    shape = "ViT-B/14" if cfg.hidden_size == 768 else f"{cfg.hidden_size}-wide {cfg.num_layers}-block"
+    print(f"\n{shape} DINOv2 (random init), {cfg.image_size} px, batch {cfg.batch_size}, {device.type}, {dtype}")
     if device.type == "cpu":
         print(
             f"CPU ({torch.get_num_threads()} threads): absolute times are NOT meaningful, only the ratios (and FLOPs); "
@@ -357,13 +365,16 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=BenchConfig.image_size)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (the median is reported)")
+    parser.add_argument("--smoke", action="store_true", help="tiny tower, one step per variant in one process: checks, not figures")
     parser.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one variant, JSON to stdout
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was given but torch sees no CUDA device; run on a GPU machine or use --device cpu.")
-    cfg = BenchConfig(batch_size=args.batch_size, image_size=args.image_size)
+    cfg = smoke_config() if args.smoke else BenchConfig(batch_size=args.batch_size, image_size=args.image_size)
+    if args.smoke:
+        args.warmup, args.steps = 0, 1
     if cfg.image_size % cfg.patch_size:
         parser.error(f"--image-size {cfg.image_size} must be a multiple of the patch size {cfg.patch_size}.")
     if args.worker:
@@ -372,7 +383,10 @@ def main() -> None:
     results = []
     for i, name in enumerate(VARIANTS, 1):
         print(f"[{i}/{len(VARIANTS)}] {name}: {DESCRIPTIONS[name]}", file=sys.stderr, flush=True)
-        results.append(run_in_subprocess(name, sys.argv[1:]))
+        if args.smoke:
+            results.append(measure(name, cfg, device, args.dtype == "bf16", args.warmup, args.steps))
+        else:
+            results.append(run_in_subprocess(name, sys.argv[1:]))
     speedup = print_table(results, device, cfg, args.dtype)
     if args.json_out:
         summary = {

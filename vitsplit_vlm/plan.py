@@ -41,13 +41,12 @@ class Counts:
         return sum(n for _, _, n in self.rows) + self.lora
 
 
-def meta_model(config: RunConfig, vision_tower: str, language_model: str):
-    """The stage's model on the meta device, from config-only directories (a tokenizer next to the LM, if present,
-    grows the vocabulary as `from_components` would)."""
-    from accelerate import init_empty_weights
+def vlm_config(config: RunConfig, vision_tower: str, language_model: str):
+    """The VLM config a run config gives with these components, from their configs alone (a tokenizer next to the
+    LM, if present, grows the vocabulary as `from_components` would)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from .models import VitSplitLlavaConfig, VitSplitLlavaForConditionalGeneration
+    from .models import VitSplitLlavaConfig
     from .models.tokenizer import prepare_tokenizer
     from .vision import resolve_split
     from .vision.towers import vision_config_of
@@ -58,10 +57,19 @@ def meta_model(config: RunConfig, vision_tower: str, language_model: str):
         text.vocab_size = max(text.vocab_size, len(prepare_tokenizer(AutoTokenizer.from_pretrained(language_model))))
     except (OSError, ValueError):
         pass  # no tokenizer saved: the LM's own vocabulary
-    model_cfg = VitSplitLlavaConfig(
+    return VitSplitLlavaConfig(
         vision_config=vision, text_config=text, split=resolve_split(config.model.split, config.model.split_options),
         projector_type=config.model.projector_type, image_token_id=text.vocab_size - 1,
     )
+
+
+def meta_model(config: RunConfig, vision_tower: str, language_model: str):
+    """The stage's model on the meta device, from config-only directories."""
+    from accelerate import init_empty_weights
+
+    from .models import VitSplitLlavaForConditionalGeneration
+
+    model_cfg = vlm_config(config, vision_tower, language_model)
     with init_empty_weights():
         return VitSplitLlavaForConditionalGeneration(model_cfg)
 
