@@ -13,11 +13,14 @@ with 150-class cross-entropy at full label resolution, as mmseg computes it:
                      grid_sample form (ms_deform_attn_core_pytorch), ConvFFN, two extra extractors, then UperNet
                      (PPM + FPN, 512 channels) and the auxiliary FCN head (weight 0.4), as its ADE20K configs
 
-Each variant runs in its own process (bench/vision_step.py's helpers), so peak memory is its own.
+Each variant runs in its own long-lived process (so peak memory is its own), and the variants of a size are stepped
+in interleaved rounds (A, B, C, A, B, C; bench/interleaved.py) after warm-up rounds, so a change of load on a shared
+machine hits every variant alike; FLOPs are counted with torch's FlopCounterMode on one extra, untimed step.
 
-    python bench/dense_step.py                       # CPU, ViT-S and ViT-B, 512 px: long on 2 cores
-    python bench/dense_step.py --smoke               # tiny shapes, seconds: checks every variant builds and steps
-    python bench/dense_step.py --device cuda --sizes s b --batch-size 8 --json dense_step.json
+    python bench/dense_step.py                       # ViT-S and ViT-B, 512 px, batch 2, 1 warm-up + 3 timed rounds
+    python bench/dense_step.py --sizes s --repeats 2 --threads 1 --json dense_step.json   # a busy CPU
+    python bench/dense_step.py --smoke               # tiny shapes at 64 px, seconds: checks every variant steps
+    python bench/dense_step.py --device cuda --batch-size 8 --json dense_step.json
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ import argparse
 import json
 import statistics
 import sys
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,9 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vision_step import (  # noqa: E402  (the sibling bench's process, timing, FLOP and memory helpers)
-    BenchConfig, build_tower, count_flops, peak_mib, run_in_subprocess, time_steps, trainable_params,
-)
+from interleaved import Worker, interleaved_rounds, serve  # noqa: E402  (one live process per variant, in rounds)
+from vision_step import BenchConfig, build_tower, count_flops, peak_mib, trainable_params  # noqa: E402  (the sibling bench's helpers)
 
 from vitsplit_vlm.dense import DenseModelConfig, DenseSplitModel, LinearSegHead  # noqa: E402
 from vitsplit_vlm.vision import ViTSplit, resolve_split  # noqa: E402
@@ -316,26 +319,63 @@ def make_step(model: nn.Module, cfg: DenseBenchConfig, device: torch.device):
     return step
 
 
-def measure(name: str, cfg: DenseBenchConfig, device: torch.device, warmup: int, steps: int) -> dict:
+def counted(name: str, cfg: DenseBenchConfig) -> dict:
+    """Trainable parameters and the FLOPs of one step (torch's FlopCounterMode), on the meta device: the count needs
+    shapes only, so it costs no memory and no time, equals the count on a real device (tested), and covers variants
+    too big to step on the machine at hand."""
+    meta = torch.device("meta")
+    with meta:
+        model = build_variant(name, cfg)
+    return {"variant": name, "size": cfg.size, "trainable_params": trainable_params(model),
+            "gflop": count_flops(make_step(model, cfg, meta)) / 1e9}
+
+
+def build_worker(name: str, cfg: DenseBenchConfig, device: torch.device) -> tuple[Callable[[], None], dict]:
+    """The variant's step closure and the memory before it was built (in the worker's own process)."""
     base_mib = peak_mib(device) if device.type == "cpu" else 0.0
     torch.manual_seed(0)
     model = build_variant(name, cfg).to(device)
-    step = make_step(model, cfg, device)
-    times = time_steps(f"{name} ViT-{cfg.size.upper()}", step, device, warmup, steps)
-    peak = peak_mib(device)
-    return {
-        "variant": name, "size": cfg.size, "trainable_params": trainable_params(model),
-        "gflop": count_flops(step) / 1e9, "step_s": statistics.median(times), "times_s": times,
-        "peak_mib": peak, "base_mib": base_mib,
-    }
+    return make_step(model, cfg, device), {"base_mib": base_mib}
 
 
-def print_table(results: list[dict], device: torch.device, cfg: DenseBenchConfig) -> dict[str, float]:
-    """The side-by-side table per size; returns adapter / ViT-Split step-time ratios by size."""
+def measure_size(size: str, variants: list[str], untimed: set[str], cfg: DenseBenchConfig, warmup: int, repeats: int,
+                 argv: list[str]) -> list[dict]:
+    """FLOPs and parameters of every variant; the timed ones each in its own live process, stepped in interleaved
+    rounds, then their peak memory."""
+    size_cfg = replace(cfg, size=size)
+    results = {name: counted(name, size_cfg) for name in variants}
+    workers = {}
+    for name in variants:
+        if name in untimed:
+            continue
+        print(f"  building ViT-{size.upper()} {name}", file=sys.stderr, flush=True)
+        command = [sys.executable, __file__, *argv, "--worker", f"{name}:{size}"]
+        workers[name] = Worker(f"ViT-{size.upper()} {name}", command)
+    times = interleaved_rounds(workers, warmup, repeats)
+    for name, worker in workers.items():
+        results[name] |= {**worker.info, **worker.finish(), "step_s": statistics.median(times[name]), "times_s": times[name]}
+    return list(results.values())
+
+
+def _ratio_range(numerator: list[float], denominator: list[float]) -> str:
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x per round" if len(ratios) > 1 else "one round"
+
+
+def _time_columns(row: dict, ref: dict) -> str:
+    if "step_s" not in row:
+        return f"{'-':>9}{'-':>8}{'-':>10}"
+    return f"{row['step_s']:>9.3f}{row['step_s'] / ref['step_s']:>8.2f}{row['peak_mib']:>10.0f}"
+
+
+def print_table(results: list[dict], device: torch.device, cfg: DenseBenchConfig, threads: int) -> dict[str, float]:
+    """The side-by-side table per size, then per size the ratios against ViT-Split and the deformable option's share
+    of its step; returns the ViT-Adapter / ViT-Split step-time ratio by size (where both were timed)."""
     memory = "peak CUDA allocated" if device.type == "cuda" else "peak RSS of the variant's process"
-    print(f"\n{cfg.image_size} px, batch {cfg.batch_size}, 150 classes, {device.type}, fp32; x = vs vit-split; memory = {memory}")
+    print(f"\n{cfg.image_size} px, batch {cfg.batch_size}, 150 classes, {device.type}, fp32; x = vs vit-split; "
+          f"memory = {memory}; - = not timed (FLOPs and parameters counted on the meta device)")
     if device.type == "cpu":
-        print(f"CPU ({torch.get_num_threads()} threads): absolute times are NOT meaningful, only the ratios and FLOPs.")
+        print(f"CPU ({threads} threads): absolute times are NOT meaningful, only the ratios and FLOPs.")
     print(f"{'size':<9}{'variant':<17}{'trainable M':>12}{'GFLOP':>9}{'x FLOP':>8}{'step s':>9}{'x time':>8}{'peak MiB':>10}")
     ratios = {}
     for size in dict.fromkeys(r["size"] for r in results):
@@ -343,54 +383,108 @@ def print_table(results: list[dict], device: torch.device, cfg: DenseBenchConfig
         ref = rows["vit-split"]
         for r in rows.values():
             print(f"{'ViT-' + size.upper():<9}{r['variant']:<17}{r['trainable_params'] / 1e6:>12.2f}{r['gflop']:>9.1f}"
-                  f"{r['gflop'] / ref['gflop']:>8.2f}{r['step_s']:>9.3f}{r['step_s'] / ref['step_s']:>8.2f}{r['peak_mib']:>10.0f}")
-        ratios[size] = rows["vit-adapter"]["step_s"] / ref["step_s"]
-        deform = ref["step_s"] - rows["vit-split-plain"]["step_s"]
-        print(f"ViT-{size.upper()}: ViT-Split step {ratios[size]:.2f}x faster than ViT-Adapter + UperNet "
-              f"({rows['vit-adapter']['gflop'] / ref['gflop']:.2f}x fewer FLOPs; the paper: up to 4x); "
-              f"{rows['full']['step_s'] / ref['step_s']:.2f}x faster than full fine-tuning; deformable 3x3 convs cost "
-              f"{deform:+.3f}s ({deform / rows['vit-split-plain']['step_s']:+.1%}) and "
-              f"{ref['gflop'] - rows['vit-split-plain']['gflop']:+.1f} GFLOP per step")
+                  f"{r['gflop'] / ref['gflop']:>8.2f}{_time_columns(r, ref)}")
+        tag = f"ViT-{size.upper()}"
+        for name, what in (("vit-adapter", "ViT-Adapter + UperNet"), ("full", "full fine-tuning")):
+            if name in rows:
+                other, timed = rows[name], "step_s" in rows[name] and "step_s" in ref
+                time = (f"step time {other['step_s'] / ref['step_s']:.2f}x ({_ratio_range(other['times_s'], ref['times_s'])})"
+                        if timed else "step time not measured")
+                print(f"{tag}: {what} / ViT-Split: {time}, FLOPs {other['gflop'] / ref['gflop']:.2f}x"
+                      + ("; the paper: up to 4x less training time" if name == "vit-adapter" else ""))
+                if name == "vit-adapter" and timed:
+                    ratios[size] = other["step_s"] / ref["step_s"]
+        if "vit-split-plain" in rows:
+            plain = rows["vit-split-plain"]
+            flops = (f"{ref['gflop'] - plain['gflop']:+.1f} GFLOP, {(ref['gflop'] - plain['gflop']) / ref['gflop']:.1%} "
+                     "of its FLOPs")
+            if "step_s" in plain and "step_s" in ref:
+                extra = [d - p for d, p in zip(ref["times_s"], plain["times_s"])]
+                shares = sorted(e / d for e, d in zip(extra, ref["times_s"]))
+                print(f"{tag}: the deformable 3x3 convs cost {statistics.median(extra):+.2f}s per step, "
+                      f"{statistics.median(shares):.1%} of the ViT-Split step (per round {shares[0]:.1%}-{shares[-1]:.1%}), "
+                      f"and {flops}")
+            else:
+                print(f"{tag}: the deformable 3x3 convs cost {flops}")
     return ratios
+
+
+def parse_untimed(items: list[str], sizes: list[str]) -> dict[str, set[str]]:
+    """`variant` or `variant:size` items -> the variants left untimed per size."""
+    untimed: dict[str, set[str]] = {size: set() for size in sizes}
+    for item in items:
+        name, _, size = item.partition(":")
+        if name not in VARIANTS or (size and size not in ("s", "b")):
+            raise ValueError(f"--untimed {item}: give a variant ({', '.join(VARIANTS)}), optionally with :s or :b.")
+        if name == "vit-split":
+            raise ValueError("--untimed vit-split: ViT-Split's step is the reference of every time ratio; time it.")
+        for target in ([size] if size else sizes):
+            untimed.setdefault(target, set()).add(name)
+    return untimed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--sizes", nargs="+", choices=["s", "b"], default=["s", "b"])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="which variants to run (vit-split, the reference of every ratio, is always among them)")
     parser.add_argument("--batch-size", type=int, default=DenseBenchConfig.batch_size)
     parser.add_argument("--image-size", type=int, default=DenseBenchConfig.image_size)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per variant (the median is reported)")
-    parser.add_argument("--smoke", action="store_true", help="tiny towers at 64 px, one step: checks, not figures")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed rounds; a round steps every variant once, in turn (the median is reported)")
+    parser.add_argument("--threads", type=int, help="torch threads in every variant's process (default: torch's)")
+    parser.add_argument("--untimed", nargs="+", default=[], metavar="VARIANT[:SIZE]",
+                        help="count FLOPs and parameters of these variants but do not step them (e.g. vit-adapter:b, "
+                             "one whose memory the machine cannot hold)")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="count FLOPs and parameters of every variant (meta device, seconds), step none")
+    parser.add_argument("--smoke", action="store_true", help="tiny towers at 64 px: checks, not figures")
     parser.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: "variant:size", JSON to stdout
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: "variant:size", serves steps on stdin
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was given but torch sees no CUDA device; run on a GPU machine or use --device cpu.")
-    if args.batch_size < 2:  # as in mmseg: UperNet's 1x1 pyramid-pooling branch has one value per BatchNorm channel
-        parser.error("--batch-size must be at least 2: UperNet's BatchNorm cannot train on one 1x1 pooled map.")
-    if args.image_size % 32:
-        parser.error(f"--image-size {args.image_size} must be a multiple of 32 (ViT-Adapter's 1/32 level).")
-    sizes = ["tiny"] if args.smoke else args.sizes
-    image_size, warmup, steps = (64, 0, 1) if args.smoke else (args.image_size, args.warmup, args.steps)
+    if "vit-adapter" in args.variants and args.batch_size < 2:  # as in mmseg: one value per BatchNorm channel
+        parser.error("--batch-size must be at least 2 with vit-adapter: UperNet's BatchNorm cannot train on one "
+                     "1x1 pooled map (leave vit-adapter out of --variants to run batch 1).")
+    if args.batch_size < 1 or args.warmup < 0 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--batch-size, --repeats and --threads must be at least 1 and --warmup at least 0.")
+    image_size = 64 if args.smoke else args.image_size
+    if image_size % 32:
+        parser.error(f"--image-size {image_size} must be a multiple of 32 (ViT-Adapter's 1/32 level).")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         name, size = args.worker.split(":")
         cfg = DenseBenchConfig(size=size, image_size=image_size, batch_size=args.batch_size)
-        print(json.dumps(measure(name, cfg, device, warmup, steps)))
+        serve(*build_worker(name, cfg, device), device)
         return
+    sizes = ["tiny"] if args.smoke else args.sizes
+    try:
+        untimed = parse_untimed(args.untimed, sizes)
+    except ValueError as err:
+        parser.error(str(err))
+    variants = [name for name in VARIANTS if name in {"vit-split", *args.variants}]
+    if args.flops_only:
+        untimed = {size: set(variants) for size in sizes}
     cfg = DenseBenchConfig(image_size=image_size, batch_size=args.batch_size)
+    threads = torch.get_num_threads()
+    rounds = "FLOPs and parameters only" if args.flops_only else f"{args.warmup} warm-up + {args.repeats} timed rounds"
+    print(f"{len(sizes)} size(s) x {len(variants)} variants, {rounds}, {threads} thread(s) per process",
+          file=sys.stderr, flush=True)
     results = []
-    jobs = [(size, name) for size in sizes for name in VARIANTS]
-    for i, (size, name) in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] ViT-{size.upper()} {name}", file=sys.stderr, flush=True)
-        results.append(run_in_subprocess(f"{name}:{size}", sys.argv[1:], script=__file__))
-        if args.json_out:  # after every variant: a long CPU run keeps what it measured if it is stopped
-            summary = {"config": asdict(cfg), "sizes": sizes, "device": device.type, "warmup": warmup, "steps": steps,
-                       "threads": torch.get_num_threads(), "results": results}
+    for i, size in enumerate(sizes, 1):
+        print(f"[{i}/{len(sizes)}] ViT-{size.upper()}: {', '.join(variants)}", file=sys.stderr, flush=True)
+        results += measure_size(size, variants, untimed.get(size, set()), cfg, args.warmup, args.repeats, sys.argv[1:])
+        if args.json_out:  # after every size: a long CPU run keeps what it measured if it is stopped
+            summary = {"config": asdict(cfg), "sizes": sizes, "variants": variants, "untimed": sorted(args.untimed),
+                       "device": device.type,
+                       "warmup": args.warmup, "repeats": args.repeats, "threads": threads, "results": results}
             Path(args.json_out).write_text(json.dumps(summary, indent=2))
-    print_table(results, device, cfg)
+    print_table(results, device, cfg, threads)
 
 
 if __name__ == "__main__":

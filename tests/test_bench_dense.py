@@ -3,6 +3,7 @@ every variant stepping (tiny shapes), and the script's --smoke run as a user typ
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ _spec = importlib.util.spec_from_file_location("bench_dense_step", REPO / "bench
 bench = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = bench
 _spec.loader.exec_module(bench)
+interleaved = sys.modules["interleaved"]  # imported by the bench from its own folder
 
 TINY = bench.DenseBenchConfig(size="tiny", image_size=64, batch_size=2, num_classes=5)
 
@@ -49,7 +51,7 @@ def test_deformable_attention_with_zero_offsets_reads_the_reference_point():
 ])
 def test_trainable_parameters_match_the_papers(size, variant, paper_m):
     """Counts include the position embeddings resized to 512 px (+0.3M ViT-S, +0.7M ViT-B over 224 px)."""
-    count = bench.trainable_params(bench.build_variant(variant, bench.DenseBenchConfig(size=size))) / 1e6
+    count = bench.counted(variant, bench.DenseBenchConfig(size=size))["trainable_params"] / 1e6  # built on meta
     assert count == pytest.approx(paper_m, rel=0.01)
 
 
@@ -69,12 +71,68 @@ def test_each_variant_steps_and_trains_only_its_trainable_set(name):
         assert tower_blocks & changed
 
 
-def test_smoke_run_prints_the_table(tmp_path):
+def test_smoke_run_steps_the_timed_variants_in_interleaved_rounds(tmp_path):
+    """As a user types it: one warm-up and two timed rounds, each stepping every timed variant once in the same
+    order; an --untimed variant is counted, not stepped."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "bench/dense_step.py", "--smoke", "--json", str(tmp_path / "smoke.json")], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "bench/dense_step.py", "--smoke", "--warmup", "1", "--repeats", "2", "--threads", "1",
+               "--untimed", "vit-adapter", "--json", str(tmp_path / "smoke.json")]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    timed = [name for name in bench.VARIANTS if name != "vit-adapter"]
+    steps = re.findall(r"round (\d)/3 \((warm-up|timed)\) ViT-TINY (\S+):", result.stderr)
+    assert steps == [(str(r), "warm-up" if r == 1 else "timed", name) for r in (1, 2, 3) for name in timed]
     summary = json.loads((tmp_path / "smoke.json").read_text())
-    assert [r["variant"] for r in summary["results"]] == list(bench.VARIANTS)
-    assert all(r["gflop"] > 0 and r["step_s"] > 0 for r in summary["results"])
-    assert "ViT-TINY: ViT-Split step" in result.stdout and "faster than ViT-Adapter + UperNet" in result.stdout
+    assert summary["threads"] == 1 and summary["repeats"] == 2 and summary["untimed"] == ["vit-adapter"]
+    rows = {r["variant"]: r for r in summary["results"]}
+    assert list(rows) == list(bench.VARIANTS) and all(r["gflop"] > 0 and r["trainable_params"] > 0 for r in rows.values())
+    for name in timed:
+        assert len(rows[name]["times_s"]) == 2 and rows[name]["step_s"] == pytest.approx(sum(rows[name]["times_s"]) / 2)
+        assert rows[name]["peak_mib"] > 0
+    assert "step_s" not in rows["vit-adapter"]
+    assert "ViT-TINY: ViT-Adapter + UperNet / ViT-Split: step time not measured, FLOPs" in result.stdout
+    assert "ViT-TINY: the deformable 3x3 convs cost" in result.stdout
+
+
+@pytest.mark.parametrize("name", bench.VARIANTS)
+def test_flops_counted_on_the_meta_device_equal_the_count_on_the_cpu(name):
+    torch.manual_seed(0)
+    model = bench.build_variant(name, TINY)
+    on_cpu = bench.count_flops(bench.make_step(model, TINY, torch.device("cpu")))
+    assert bench.counted(name, TINY) == {"variant": name, "size": "tiny", "gflop": on_cpu / 1e9,
+                                         "trainable_params": bench.trainable_params(model)}
+
+
+def test_table_reports_the_deformable_share_and_per_round_ratios(capsys):
+    rows = [("vit-split", [10.0, 12.0], 100.0), ("vit-split-plain", [8.0, 9.0], 80.0), ("full", [15.0, 12.0], 150.0),
+            ("vit-adapter", [40.0, 60.0], 300.0)]
+    results = [dict(variant=name, size="s", times_s=times, step_s=sum(times) / 2, gflop=gflop, trainable_params=1e6,
+                    peak_mib=1.0) for name, times, gflop in rows]
+    ratios = bench.print_table(results, torch.device("cpu"), bench.DenseBenchConfig(), threads=1)
+    out = capsys.readouterr().out
+    assert ratios == {"s": pytest.approx(50 / 11)}
+    assert "ViT-S: ViT-Adapter + UperNet / ViT-Split: step time 4.55x (4.00-5.00x per round), FLOPs 3.00x" in out
+    assert "ViT-S: full fine-tuning / ViT-Split: step time 1.23x (1.00-1.50x per round), FLOPs 1.50x" in out
+    # per round the deformable convs add 2 s of 10 s and 3 s of 12 s: median +2.50 s, shares 20% and 25%
+    assert ("ViT-S: the deformable 3x3 convs cost +2.50s per step, 22.5% of the ViT-Split step (per round "
+            "20.0%-25.0%), and +20.0 GFLOP, 20.0% of its FLOPs") in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "1"], "--batch-size must be at least 2 with vit-adapter"),
+    (["--repeats", "0"], "--batch-size, --repeats and --threads must be at least 1 and --warmup at least 0."),
+    (["--image-size", "500"], "--image-size 500 must be a multiple of 32"),
+    (["--untimed", "vit-split"], "--untimed vit-split: ViT-Split's step is the reference of every time ratio; time it."),
+    (["--untimed", "full:l"], "--untimed full:l: give a variant (vit-split, vit-split-plain, full, vit-adapter), "
+                              "optionally with :s or :b."),
+])
+def test_bad_options_are_usage_errors(args, message, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench/dense_step.py", *args])
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_worker_that_dies_stops_the_run_naming_it():
+    with pytest.raises(SystemExit, match=r"ViT-S full failed in its process \(exit 3\)"):
+        interleaved.Worker("ViT-S full", [sys.executable, "-c", "import sys; sys.exit(3)"])
