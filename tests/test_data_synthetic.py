@@ -60,10 +60,18 @@ def test_llava_files_are_valid_and_shaped_as_specified(data):
     text_only = [r for r in train if "image" not in r]
     assert len(text_only) == 1 and all("<image>" not in t["value"] for t in text_only[0]["conversations"])
     turns = Counter(len(r["conversations"]) // 2 for r in train if "image" in r)
-    assert set(turns) <= {1, 2, 3} and turns[1] < 60 and turns[2] + turns[3] > 0  # some multi-turn records
+    # up to one question per type; fewer where a type has no unambiguous question or would give another's answer away
+    assert set(turns) <= {1, 2, 3, 4, 5} and sum(n * k for n, k in turns.items()) > 2.5 * 60
     first = train[0]["conversations"]
     assert first[0]["value"].startswith("<image>\n") and first[0]["value"].endswith("\n" + synthetic.SHORT_ANSWER_PROMPT)
     assert all(len(r["conversations"]) == 2 for r in load(data / "val.json"))
+
+
+def test_questions_per_image_caps_the_conversations(tmp_path):
+    synthetic.generate(tmp_path, num_train=30, num_val=2, image_size=56, seed=3, questions_per_image=1)
+    assert {len(r["conversations"]) for r in load(tmp_path / "train.json")} == {2}
+    with pytest.raises(ValueError, match=r"^questions_per_image=6: must be 1-5 \(one per question type\)\.$"):
+        synthetic.generate(tmp_path, num_train=1, num_val=1, questions_per_image=6)
 
 
 def test_multi_turn_records_do_not_give_answers_away(data):

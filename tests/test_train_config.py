@@ -91,6 +91,7 @@ def test_recipe_configs_match_the_paper(tmp_path):
         (["stage2.data.train_json=x.json"], r"^stage2\.data\.image_folder: required with train_json"),
         (["stage1=null", "stage2=null"], r"^the config defines no stage"),
         (["model.dtype=bfloat16", "stage2.deepspeed=null"], r"^model\.dtype=bfloat16 without DeepSpeed would train stage2 in pure bfloat16"),
+        (["synthetic.questions_per_image=0"], r"^synthetic\.questions_per_image=0: must be 1-5 \(one question per type\)\.$"),
     ],
 )
 def test_bad_configs_fail_before_anything_is_built(overrides, message):

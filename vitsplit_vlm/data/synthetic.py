@@ -11,11 +11,13 @@ of a 2x2 grid, each (colour, shape) at most once, so every question has one unam
     position  Is the red circle on the left or on the right?  left / right / top / bottom
 
     python -m vitsplit_vlm.data.synthetic --out DIR [--num-train 2000 --num-val 200 --image-size 84 --seed 0]
+                                                    [--questions-per-image 5]
 
 writes into DIR:
 
     images/                     train_NNNNN.jpg, val_NNNNN.jpg (JPEG, 4:4:4, quality 95)
-    train.json                  LLaVA records, one per train image, 1-3 question turns, plus a few text-only rows
+    train.json                  LLaVA records, one per train image, a conversation of up to --questions-per-image
+                                questions of distinct types, plus a few text-only rows
     val.json                    LLaVA records, one per val question, with its question_type; id == VQAv2
                                 question_id == GQA qid
     stage1.json                 LLaVA records with plain captions ("a red circle and a blue square")
@@ -229,8 +231,11 @@ def _chance(train: list[QA], val: list[QA]) -> dict[str, Any]:
     return {"question_types": per_type, "chance_accuracy": correct / max(1, len(val))}
 
 
-def generate(out_dir: str | Path, num_train: int = 2000, num_val: int = 200, image_size: int = 84, seed: int = 0) -> dict[str, Path]:
+def generate(out_dir: str | Path, num_train: int = 2000, num_val: int = 200, image_size: int = 84, seed: int = 0,
+             questions_per_image: int = 5) -> dict[str, Path]:
     """Write the dataset (see module docstring); returns the paths by name."""
+    if not 1 <= questions_per_image <= len(QUESTION_TYPES):
+        raise ValueError(f"questions_per_image={questions_per_image}: must be 1-{len(QUESTION_TYPES)} (one per question type).")
     out = Path(out_dir)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -242,7 +247,7 @@ def generate(out_dir: str | Path, num_train: int = 2000, num_val: int = 200, ima
         scene = sample_scene(train_rng)
         name = f"train_{i:05d}.jpg"
         _save(draw_scene(scene, image_size, train_rng), images / name)
-        qas = sample_questions(scene, train_rng.choice((1, 1, 2, 3)), train_rng)
+        qas = sample_questions(scene, questions_per_image, train_rng)
         train_qas += qas
         train.append(vqa_record(f"train_{i:05d}", name, [(qa.question, qa.answer) for qa in qas]))
         stage1.append({"id": f"train_{i:05d}", "image": name, "conversations": [
@@ -271,7 +276,8 @@ def generate(out_dir: str | Path, num_train: int = 2000, num_val: int = 200, ima
             gqa[str(qid)] = {"imageId": stem, "question": qa.question, "answer": qa.answer, "fullAnswer": qa.full_answer,
                              "types": {"structural": structural, "semantic": semantic, "detailed": detailed}}
 
-    info = {"description": "vitsplit_vlm synthetic shapes VQA", "seed": seed, "image_size": image_size}
+    info = {"description": "vitsplit_vlm synthetic shapes VQA", "seed": seed, "image_size": image_size,
+            "questions_per_image": questions_per_image}
     paths = {
         "images": images,
         "train": write_json(out / "train.json", train),
@@ -308,8 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-val", type=int, default=200, help="held-out val images (3 questions each)")
     parser.add_argument("--image-size", type=int, default=84)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--questions-per-image", type=int, default=5, help="questions per train image (1-5, distinct types)")
     args = parser.parse_args(argv)
-    paths = generate(args.out, args.num_train, args.num_val, args.image_size, args.seed)
+    paths = generate(args.out, args.num_train, args.num_val, args.image_size, args.seed, args.questions_per_image)
     stats = json.loads(paths["stats"].read_text())
     print(f"wrote {args.out}: {args.num_train} train images ({stats['num_train_questions']} questions), "
           f"{args.num_val} val images ({stats['num_val_questions']} questions); "

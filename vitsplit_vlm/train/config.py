@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..conversation import TEMPLATES
+from ..data.synthetic import QUESTION_TYPES
 from ..local_dirs import check_language_model_dir, check_vision_tower_dir
 from ..models.modeling_vitsplit_llava import TRAINABLE_PARTS
 from .checkpoint import IncompatibleCheckpointError, read_stage1_metadata
@@ -91,6 +92,7 @@ class SyntheticVQAConfig:
     num_val: int = 200
     image_size: int = 84
     seed: int = 0
+    questions_per_image: int = 5  # one multi-turn conversation per train image, one question per type
 
 
 @dataclass
@@ -127,6 +129,11 @@ def check_train_config(config: RunConfig) -> None:
         check_vision_tower_dir(config.model.vision_tower, "model.vision_tower")
     if config.model.language_model:
         check_language_model_dir(config.model.language_model, "model.language_model")
+    if not 1 <= config.synthetic.questions_per_image <= len(QUESTION_TYPES):
+        raise ConfigError(
+            f"synthetic.questions_per_image={config.synthetic.questions_per_image}: must be 1-{len(QUESTION_TYPES)} "
+            "(one question per type)."
+        )
     if config.model.tiny_tower not in TINY_TOWERS:
         raise ConfigError(f"model.tiny_tower={config.model.tiny_tower!r}; choose one of {', '.join(TINY_TOWERS)}.")
     for name, stage in stages(config):

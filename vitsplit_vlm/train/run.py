@@ -92,12 +92,13 @@ def prepare_synthetic(config: RunConfig, data_dir: Path) -> Path:
 
     syn = config.synthetic
     stats = data_dir / "stats.json"
-    wanted = {"num_train_images": syn.num_train, "num_val_images": syn.num_val, "image_size": syn.image_size, "seed": syn.seed}
+    wanted = {"num_train_images": syn.num_train, "num_val_images": syn.num_val, "image_size": syn.image_size, "seed": syn.seed,
+              "questions_per_image": syn.questions_per_image}
     if distributed.is_main_process():
         existing = json.loads(stats.read_text()) if stats.is_file() else {}
         if any(existing.get(k) != v for k, v in wanted.items()):
             logger.info("generating the synthetic VQA set into %s", data_dir)
-            generate(data_dir, syn.num_train, syn.num_val, syn.image_size, syn.seed)
+            generate(data_dir, syn.num_train, syn.num_val, syn.image_size, syn.seed, syn.questions_per_image)
     distributed.barrier()
     return data_dir
 
