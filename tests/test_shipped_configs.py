@@ -10,7 +10,7 @@ from vitsplit_vlm.dense.train import DenseRunConfig
 from vitsplit_vlm.train.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_NAMES = "demo, dense_ade20k_vitb, dense_ade20k_vitl, dense_ade20k_vits, dense_depth, dense_nyu_vits, dense_seg, easy_vqa, stage1_align, stage2_instruct, stage2_lora"
+RUN_NAMES = "demo, dense_ade20k_vitb, dense_ade20k_vitl, dense_ade20k_vits, dense_depth, dense_nyu_vitb, dense_nyu_vitl, dense_nyu_vits, dense_seg, easy_vqa, stage1_align, stage2_instruct, stage2_lora"
 
 
 def test_the_repository_configs_folder_is_the_package_data():

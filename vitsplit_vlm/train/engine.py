@@ -8,6 +8,7 @@ loads, the optimizer class is always the Trainer's own choice for `optim`, and b
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,7 +23,9 @@ from transformers.training_args import OptimizerNames
 from ..config import ConfigError, shipped_config_names, shipped_deepspeed
 
 OPTIMIZERS = tuple(o.value for o in OptimizerNames)
-SCHEDULERS = tuple(s.value for s in SchedulerType)
+# Schedules transformers lacks, built from torch's own class: name -> the lr_scheduler_kwargs they take.
+TORCH_SCHEDULERS = {"one_cycle": ("div_factor", "final_div_factor", "anneal_strategy", "three_phase")}
+SCHEDULERS = tuple(s.value for s in SchedulerType) + tuple(TORCH_SCHEDULERS)
 
 
 @dataclass
@@ -71,13 +74,37 @@ class TrainingRecipe:
                 raise ConfigError(f"{getattr(self, name)!r}: {rule}.", key=name)
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("set max_steps > 0 or num_train_epochs > 0.")
+        if self.lr_scheduler_type in TORCH_SCHEDULERS:
+            self._check_torch_schedule()
         self.deepspeed = shipped_deepspeed(self.deepspeed)
         if self.deepspeed and not Path(self.deepspeed).is_file():
             raise ConfigError(f"DeepSpeed config {self.deepspeed} does not exist; give a JSON file or a shipped name "
                               f"({', '.join(shipped_config_names('deepspeed'))}).", key="deepspeed")
 
 
-def training_arguments(recipe: TrainingRecipe, output_dir: str | Path, seed: int, **extra) -> TrainingArguments:
+    def _check_torch_schedule(self) -> None:
+        """one_cycle: its rising phase is warmup_steps (torch's pct_start), which must leave a falling phase."""
+        known = TORCH_SCHEDULERS[self.lr_scheduler_type]
+        unknown = sorted(set(self.lr_scheduler_kwargs) - set(known))
+        if unknown:
+            raise ConfigError(f"{', '.join(unknown)} not taken by {self.lr_scheduler_type}; it takes {', '.join(known)} "
+                              "(its rising phase is warmup_steps).", key="lr_scheduler_kwargs")
+        steps = self.max_steps if self.max_steps > 0 else math.inf
+        if not (0 < self.warmup_steps < 1 or 1 <= self.warmup_steps < steps):
+            raise ConfigError(f"{self.warmup_steps!r}: {self.lr_scheduler_type} rises for warmup_steps, which must be > 0 "
+                              "and less than max_steps (a fraction < 1 of all steps, or a number of steps).",
+                              key="warmup_steps")
+
+
+@dataclass
+class RecipeArguments(TrainingArguments):
+    """TrainingArguments that can name a schedule of TORCH_SCHEDULERS, which the engine's Trainer builds; the
+    Trainer's own `lr_scheduler_type` is then "constant" and never built."""
+
+    torch_lr_scheduler: str | None = None
+
+
+def training_arguments(recipe: TrainingRecipe, output_dir: str | Path, seed: int, **extra) -> RecipeArguments:
     """The Trainer's arguments for `recipe`; `extra` are a trainer's own (then `recipe.trainer_args` win).
     A ZeRO-3 config here turns on zero.Init for every later `from_pretrained` in the process."""
     args = dict(
@@ -88,7 +115,8 @@ def training_arguments(recipe: TrainingRecipe, output_dir: str | Path, seed: int
         optim=recipe.optim,
         learning_rate=recipe.learning_rate,
         weight_decay=recipe.weight_decay,
-        lr_scheduler_type=recipe.lr_scheduler_type,
+        lr_scheduler_type="constant" if recipe.lr_scheduler_type in TORCH_SCHEDULERS else recipe.lr_scheduler_type,
+        torch_lr_scheduler=recipe.lr_scheduler_type if recipe.lr_scheduler_type in TORCH_SCHEDULERS else None,
         lr_scheduler_kwargs=dict(recipe.lr_scheduler_kwargs),
         warmup_steps=recipe.warmup_steps,
         max_grad_norm=recipe.max_grad_norm,
@@ -107,7 +135,7 @@ def training_arguments(recipe: TrainingRecipe, output_dir: str | Path, seed: int
         report_to=["tensorboard"],
         disable_tqdm=False,
     )
-    return TrainingArguments(**{**args, **extra, **recipe.trainer_args})
+    return RecipeArguments(**{**args, **extra, **recipe.trainer_args})
 
 
 def grouped_param_groups(
@@ -175,13 +203,30 @@ class GroupedLRTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """"polynomial" as a plain LambdaLR: the Trainer's own reads `optimizer.defaults`, which DeepSpeed's ZeRO
-        optimizer lacks (transformers 5.24 fails there); other schedule types are the Trainer's."""
+        optimizer lacks (transformers 5.24 fails there); "one_cycle" is torch's OneCycleLR; other schedule types
+        are the Trainer's."""
+        optimizer = optimizer or self.optimizer
         if self.lr_scheduler is None and self.args.lr_scheduler_type == "polynomial":
             kwargs = {"power": 1.0, "lr_end": 1e-7, **(self.args.lr_scheduler_kwargs or {})}
             factor = partial(
                 poly_factor, warmup=self.args.get_warmup_steps(num_training_steps), total=num_training_steps,
                 power=kwargs["power"], end_ratio=kwargs["lr_end"] / self.args.learning_rate,
             )
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            self._created_lr_scheduler = True
+        elif self.lr_scheduler is None and getattr(self.args, "torch_lr_scheduler", None) == "one_cycle":
+            self.lr_scheduler = one_cycle(optimizer, num_training_steps, self.args.warmup_steps,
+                                          self.args.lr_scheduler_kwargs or {})
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, total: int, rising: float, kwargs: Mapping) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's OneCycleLR peaking at each group's own lr after `rising` steps (a fraction < 1: of `total`, used as
+    pct_start itself, so 0.3 is mmcv's 0.3 exactly, not a step count rounded up), without momentum cycling: mmcv's
+    OneCycleLrUpdaterHook (the depth toolbox's `policy='OneCycle'`), whose phases are torch's, with no momentum hook
+    in those configs. Each group keeps its lr ratio (mmcv, given one max_lr, gives every group that same peak)."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total,
+        pct_start=rising if rising < 1 else rising / total, cycle_momentum=False, **kwargs,
+    )
