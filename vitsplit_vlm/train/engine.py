@@ -81,7 +81,6 @@ class TrainingRecipe:
             raise ConfigError(f"DeepSpeed config {self.deepspeed} does not exist; give a JSON file or a shipped name "
                               f"({', '.join(shipped_config_names('deepspeed'))}).", key="deepspeed")
 
-
     def _check_torch_schedule(self) -> None:
         """one_cycle: its rising phase is warmup_steps (torch's pct_start), which must leave a falling phase."""
         known = TORCH_SCHEDULERS[self.lr_scheduler_type]
@@ -107,6 +106,7 @@ class RecipeArguments(TrainingArguments):
 def training_arguments(recipe: TrainingRecipe, output_dir: str | Path, seed: int, **extra) -> RecipeArguments:
     """The Trainer's arguments for `recipe`; `extra` are a trainer's own (then `recipe.trainer_args` win).
     A ZeRO-3 config here turns on zero.Init for every later `from_pretrained` in the process."""
+    torch_schedule = recipe.lr_scheduler_type if recipe.lr_scheduler_type in TORCH_SCHEDULERS else None
     args = dict(
         output_dir=str(output_dir),
         deepspeed=recipe.deepspeed,
@@ -115,8 +115,8 @@ def training_arguments(recipe: TrainingRecipe, output_dir: str | Path, seed: int
         optim=recipe.optim,
         learning_rate=recipe.learning_rate,
         weight_decay=recipe.weight_decay,
-        lr_scheduler_type="constant" if recipe.lr_scheduler_type in TORCH_SCHEDULERS else recipe.lr_scheduler_type,
-        torch_lr_scheduler=recipe.lr_scheduler_type if recipe.lr_scheduler_type in TORCH_SCHEDULERS else None,
+        lr_scheduler_type="constant" if torch_schedule else recipe.lr_scheduler_type,
+        torch_lr_scheduler=torch_schedule,
         lr_scheduler_kwargs=dict(recipe.lr_scheduler_kwargs),
         warmup_steps=recipe.warmup_steps,
         max_grad_norm=recipe.max_grad_norm,
