@@ -51,6 +51,7 @@ def _check_outputs(out: Path) -> str:
     for stage in ("stage1", "stage2"):
         assert f"{stage} trainable parameters:\npart" in log  # the table, printed at the start of each stage
         assert f"[{stage}] step 3: " in log  # per-step losses in the log file
+        assert re.search(rf"{stage} peak memory per rank: host RSS \d+\.\d\d(, \d+\.\d\d)* GiB\n", log)
         assert (out / stage / "loss_curve.png").stat().st_size > 1000
         assert list((out / stage / "runs").rglob("events.out.tfevents.*"))  # TensorBoard
     assert "stage2.json" not in log and "/stage1.json: 33 records, 33 used, 0 skipped (bad), 0 truncated" in log

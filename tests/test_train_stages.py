@@ -1,5 +1,6 @@
 """Stages run in-process on the HF Trainer under DeepSpeed ZeRO-2 (one gloo rank): which parts train, the stage-1 ->
-stage-2 hand-off, resume equivalence, LoRA train -> merge."""
+stage-2 hand-off, resume equivalence, LoRA train -> merge, and that a finished stage leaves no model behind."""
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from vitsplit_vlm.train.checkpoint import BASE_DIR, FINAL_DIR, STAGE1_WEIGHTS
 from vitsplit_vlm.train.config import DataConfig, LoraConfig, ModelConfig, StageConfig
 from vitsplit_vlm.train.model_setup import Components
 
-ZERO2 = str(Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero2.json")
+DEEPSPEED = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
+ZERO2 = str(DEEPSPEED / "zero2.json")
 pytestmark = pytest.mark.usefixtures("gloo_rank")
 
 
@@ -157,3 +159,20 @@ def test_a_crash_while_saving_the_final_model_does_not_mark_the_stage_complete(t
     with pytest.raises(KeyboardInterrupt):
         _save_output(_CrashingTrainer(), stage, tmp_path / "stage2")
     assert not stage_complete(stage, tmp_path / "stage2")
+
+
+class _KeepModel(TrainerCallback):
+    """Keeps a weak reference to the model the stage trains."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.model = weakref.ref(model)
+
+
+@pytest.mark.parametrize("zero", ["zero2.json", "zero3.json"])
+def test_a_finished_stage_frees_its_model_and_engine(components, data, tmp_path, zero):
+    """Both stages run in one process: stage 1's model, optimizer and DeepSpeed engine must be gone before stage 2
+    builds its own (DeepSpeed's hooks, accelerate's references and ZeRO-3's module stack kept them alive)."""
+    keep = _KeepModel()
+    stage = _stage(max_steps=1, train_parts=["projector", "prior_head"], deepspeed=str(DEEPSPEED / zero))
+    _run("stage1", stage, components, data, tmp_path / "stage1", callbacks=[keep])
+    assert keep.model() is None

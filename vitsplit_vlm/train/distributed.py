@@ -71,6 +71,15 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def gather_to_all(obj):
+    """`obj` from every rank, in rank order (`[obj]` without a process group); collective."""
+    if not torch.distributed.is_initialized():
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
