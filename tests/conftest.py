@@ -1,6 +1,8 @@
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER = Path(sys.executable).parent / "deepspeed"  # the launcher of this interpreter's environment
 
 
 def pytest_configure(config):
@@ -110,3 +114,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _run_command(cmd: list[str], threads: int, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`cmd` from the repository root as a user types it, in a clean launch environment (no rendezvous variables
+    from this process, a thread count that fits the ranks); fails the test with the output's tail unless it exits 0."""
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env.update(OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu")
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+@pytest.fixture
+def run_command():
+    return _run_command
+
+
+@pytest.fixture
+def deepspeed_launcher() -> Path:
+    """The `deepspeed` launcher next to this Python (skips where it is not installed)."""
+    if not LAUNCHER.exists():
+        pytest.skip("the deepspeed launcher is not installed next to this Python")
+    return LAUNCHER

@@ -2,8 +2,9 @@
 (729 tokens, no CLS) and DINOv2-L/14 with 4 registers (256 tokens at its 224 crop), each with the presets the VLM
 uses (`clip-l-vlm` at the 4096-wide fusion of Vicuna-7B, `llava-baseline`). Random weights in bfloat16, full widths,
 patch and image sizes, and the processors the real checkpoints ship; the towers are cut to 4 blocks, since the token
-grid and every width depend on the config, not on the depth. Forward only: the training steps at these widths are
-sized by `python -m vitsplit_vlm.plan` (tests/test_plan.py)."""
+grid and every width depend on the config, not on the depth. Forward only here: tests/test_real_shapes_train.py
+trains both stages at these widths on 2 DeepSpeed ranks, and `python -m vitsplit_vlm.plan` sizes them
+(tests/test_plan.py)."""
 import pytest
 import torch
 from PIL import Image

@@ -1,13 +1,10 @@
 """`scripts/train_vqa.py` end to end in subprocesses: plain `python` (1 rank) and `deepspeed --num_gpus 2` (2 gloo
 ranks, ZeRO-2 then ZeRO-3), on test-size tiny models, a few steps per stage, then the held-out evaluation."""
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration
@@ -31,19 +28,6 @@ def _config(out: Path, stage2_zero: str) -> Path:
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def _env(threads: int) -> dict:
-    """A clean launch: no rendezvous variables from this process, a thread count that fits the ranks."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
-    return {**env, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
-
-
-def _run(cmd: list[str], threads: int) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=ROOT, env=_env(threads), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result
 
 
 def _check_outputs(out: Path) -> str:
@@ -89,9 +73,9 @@ def _check_model_card(final: Path, summary: dict) -> None:
     assert scope["model"].config.to_dict() == model.config.to_dict() and scope["processor"].num_image_tokens > 0
 
 
-def test_python_runs_both_stages_and_evaluates(tmp_path):
+def test_python_runs_both_stages_and_evaluates(tmp_path, run_command):
     out = tmp_path / "run"
-    result = _run([sys.executable, "scripts/train_vqa.py", "--config", str(_config(out, "zero2.json"))], threads=2)
+    result = run_command([sys.executable, "scripts/train_vqa.py", "--config", str(_config(out, "zero2.json"))], threads=2)
     log = _check_outputs(out)
     assert "stage2: 1 process(es), DeepSpeed" in log
     assert "held-out accuracy" in result.stderr + result.stdout
@@ -99,13 +83,9 @@ def test_python_runs_both_stages_and_evaluates(tmp_path):
     assert model.config.projector_type == "mlp2x_gelu"
 
 
-LAUNCHER = Path(sys.executable).parent / "deepspeed"  # the launcher of this interpreter's environment
-
-
-@pytest.mark.skipif(not LAUNCHER.exists(), reason="the deepspeed launcher is not installed next to this Python")
-def test_deepspeed_two_ranks_zero2_then_zero3(tmp_path, free_port):
+def test_deepspeed_two_ranks_zero2_then_zero3(tmp_path, free_port, run_command, deepspeed_launcher):
     out = tmp_path / "run"
-    _run([str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port), "scripts/train_vqa.py", "--config", str(_config(out, "zero3.json"))], threads=1)
+    run_command([str(deepspeed_launcher), "--num_gpus", "2", "--master_port", str(free_port), "scripts/train_vqa.py", "--config", str(_config(out, "zero3.json"))], threads=1)
     log = _check_outputs(out)
     assert "stage1: 2 process(es), DeepSpeed" in log and "stage2: 2 process(es), DeepSpeed" in log
     # ZeRO-3 partitions parameters across the ranks; the saved model must be gathered whole.
