@@ -172,3 +172,15 @@ def test_image_token_id_outside_vocab(tiny_ckpts):
         "image_token_id=5000 is outside the LM vocabulary (size 1002); add the <image> token to the tokenizer, "
         "resize the LM's embeddings, and pass its id."
     )
+
+
+def test_tiny_lm_weights_are_initialised_at_one_over_sqrt_width(tiny_ckpts):
+    """Llama's 0.02 is sized for thousands-wide models; the tiny LMs use 1/sqrt(width) (see `lm_initializer_range`),
+    in the saved config and in the saved weights themselves."""
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_ckpts["llama"])
+    assert config.initializer_range == pytest.approx(config.hidden_size**-0.5)
+    lm = LlamaForCausalLM.from_pretrained(tiny_ckpts["llama"])
+    for weight in (lm.model.layers[0].self_attn.q_proj.weight, lm.model.layers[0].mlp.up_proj.weight, lm.lm_head.weight):
+        assert weight.std().item() == pytest.approx(config.hidden_size**-0.5, rel=0.1)
