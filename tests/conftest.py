@@ -126,7 +126,7 @@ def _run_command(cmd: list[str], threads: int, timeout: int = 600) -> subprocess
     return result
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_command():
     return _run_command
 

@@ -7,11 +7,8 @@ that no training image shows. Greedy decoding on CPU is deterministic, so the an
 """
 from __future__ import annotations
 
-import os
 import random
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +17,6 @@ from vitsplit_vlm.config import load_config, resolve_config
 from vitsplit_vlm.data.synthetic import SHORT_ANSWER_PROMPT, Shape, caption, draw_scene
 from vitsplit_vlm.train.config import RunConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = load_config(RunConfig, resolve_config("demo")).synthetic.image_size  # the demo's images
 # The demo's own training (configs/demo.yaml) unchanged; only its evaluation is cut to 10 questions. At half the
 # stage-2 epochs the three-shape description still named one shape wrong.
@@ -28,12 +24,9 @@ TRAINING = ["synthetic.num_val=10", "eval.limit=10"]
 
 
 @pytest.fixture(scope="module")
-def chat_model(tmp_path_factory) -> ChatModel:
+def chat_model(tmp_path_factory, run_command) -> ChatModel:
     out = tmp_path_factory.mktemp("demo_chat") / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = subprocess.run([sys.executable, "scripts/train_vqa.py", f"output_dir={out}", *TRAINING], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    run_command([sys.executable, "scripts/train_vqa.py", f"output_dir={out}", *TRAINING], threads=2, timeout=1800)
     return ChatModel.load(out / "stage2" / "final", settings=GenerationSettings(max_new_tokens=12, temperature=0))
 
 
