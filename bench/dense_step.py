@@ -37,10 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import count_flops  # noqa: E402  (the benches' shared FLOP count)
 from interleaved import Worker, interleaved_rounds, serve  # noqa: E402  (one live process per variant, in rounds)
-from vision_step import BenchConfig, build_tower, count_flops, peak_mib, trainable_params  # noqa: E402  (the sibling bench's helpers)
+from vision_step import BenchConfig, build_tower, trainable_params  # noqa: E402  (the sibling bench's helpers)
 
 from vitsplit_vlm.dense import DenseModelConfig, DenseSplitModel, LinearSegHead  # noqa: E402
+from vitsplit_vlm.peak_memory import peak_memory  # noqa: E402
 from vitsplit_vlm.vision import ViTSplit, resolve_split  # noqa: E402
 
 VARIANTS = ("vit-split", "vit-split-plain", "full", "vit-adapter")
@@ -332,7 +334,7 @@ def counted(name: str, cfg: DenseBenchConfig) -> dict:
 
 def build_worker(name: str, cfg: DenseBenchConfig, device: torch.device) -> tuple[Callable[[], None], dict]:
     """The variant's step closure and the memory before it was built (in the worker's own process)."""
-    base_mib = peak_mib(device) if device.type == "cpu" else 0.0
+    base_mib = peak_memory(False, device).device_peak / 2**20 if device.type == "cpu" else 0.0
     torch.manual_seed(0)
     model = build_variant(name, cfg).to(device)
     return make_step(model, cfg, device), {"base_mib": base_mib}
@@ -351,9 +353,10 @@ def measure_size(size: str, variants: list[str], untimed: set[str], cfg: DenseBe
         print(f"  building ViT-{size.upper()} {name}", file=sys.stderr, flush=True)
         command = [sys.executable, __file__, *argv, "--worker", f"{name}:{size}"]
         workers[name] = Worker(f"ViT-{size.upper()} {name}", command)
-    times = interleaved_rounds(workers, warmup, repeats)
+    timed = interleaved_rounds(workers, warmup, repeats)
     for name, worker in workers.items():
-        results[name] |= {**worker.info, **worker.finish(), "step_s": statistics.median(times[name]), "times_s": times[name]}
+        times = [reply["step_s"] for reply in timed[name]]
+        results[name] |= {**worker.info, **worker.finish(), "step_s": statistics.median(times), "times_s": times}
     return list(results.values())
 
 

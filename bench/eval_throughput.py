@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from vitsplit_vlm.chat import ChatModel, ChatSession, GenerationSettings
 from vitsplit_vlm.eval.generation import image_prompt_messages
 from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
 from vitsplit_vlm.models.generation import generate_greedy
+from vitsplit_vlm.peak_memory import peak_memory
 from vitsplit_vlm.tiny import PATCH_SIZE, SIZES, build_tokenizer
 from vitsplit_vlm.vision import split_preset
 
@@ -100,17 +100,11 @@ def question_set(name: str, num_images: int) -> tuple[list[Image.Image], list[li
     return images, conversations
 
 
-def peak_mib(device: torch.device) -> float:
-    """This process's peak memory: `torch.cuda.max_memory_allocated` on a GPU, else its peak resident set
-    (model and interpreter included; every mode runs in a fresh process, so the peaks compare)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-
-
 def run_mode(model, processor, mode: str, args: argparse.Namespace) -> dict:
     """Best-of-``--repeats`` wall time of one mode on each question set (the CPU may be shared: the minimum is
-    the least disturbed run) and its answers; the process's peak memory over all sets."""
+    the least disturbed run) and its answers; the process's peak memory over all sets (CUDA allocations on a GPU,
+    else the peak resident set, model and interpreter included; every mode runs in a fresh process, so the peaks
+    compare)."""
     options = {"batch_size": args.batch_size, **MODES[mode]}
     out = {}
     for set_name in args.sets:
@@ -127,7 +121,7 @@ def run_mode(model, processor, mode: str, args: argparse.Namespace) -> dict:
         out[set_name] = {"seconds": min(times), "questions": len(conversations),
                          "questions_per_s": len(conversations) / min(times),
                          "answers": [t.tolist() for t in generated.tokens]}
-    return {"sets": out, "peak_mib": peak_mib(model.device)}
+    return {"sets": out, "peak_mib": peak_memory(False, model.device).device_peak / 2**20}
 
 
 def chat_ttft(chat_model: ChatModel, image_path: Path, turns: int, reuse: bool) -> dict:

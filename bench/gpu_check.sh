@@ -67,8 +67,8 @@ if [ "$SMOKE" -eq 1 ]; then
   run eval_throughput 600 "$PYTHON" "$HERE/eval_throughput.py" --smoke --json "$OUT/eval_throughput.json"
 else
   run vlm_step 300 "$PYTHON" "$HERE/vlm_step.py" --device cuda --dtype bf16 --attn sdpa --gradient-checkpointing \
-    --layers "${LAYERS:-32}" --tower-layers 24 --seq-len 2048 --batch-size "${BATCH:-4}" --rounds 2 --warmup 1 \
-    --steps 2 --json "$OUT/vlm_step.json"
+    --layers "${LAYERS:-32}" --tower-layers 24 --seq-len 2048 --batch-size "${BATCH:-4}" --warmup 1 --rounds 4 \
+    --json "$OUT/vlm_step.json"
   run vision_step 90 "$PYTHON" "$HERE/vision_step.py" --device cuda --dtype bf16 --batch-size 32 --warmup 3 \
     --steps 10 --json "$OUT/vision_step.json"
   run eval_throughput 75 "$PYTHON" "$HERE/eval_throughput.py" --device cuda --dtype bfloat16 --images 30 \

@@ -4,7 +4,8 @@ On a shared machine the load changes over minutes; timing each variant's steps b
 land on one variant only. Here every variant keeps its own process (so its peak memory is its own) and the parent
 asks each for one step in turn, so a change of load hits all variants of a round alike; ratios can then be read per
 round as well as from the medians. The protocol is one command per line on the worker's stdin (`step`, `finish`)
-and one `@@`-prefixed JSON reply per line on its stdout; its stderr passes through.
+and one `@@`-prefixed JSON reply per line on its stdout; its stderr passes through. A step's reply holds its wall
+time and its process CPU time (on a CPU shared with other jobs the latter barely changes with their load).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from vision_step import peak_mib
+from vitsplit_vlm.peak_memory import peak_memory
 
 _REPLY = "@@"
 
@@ -26,30 +27,35 @@ def _reply(payload: dict) -> None:
     print(_REPLY + json.dumps(payload), flush=True)
 
 
-def _release_freed_memory() -> None:
-    """Hand the step's freed activations back to the OS, so a worker waiting for its turn holds only its weights and
-    optimizer state (glibc keeps freed heap otherwise; with four workers alive that is several GiB)."""
+def _release_freed_memory(device: torch.device) -> None:
+    """Hand the step's freed activations back, so a worker waiting for its turn holds only its weights and optimizer
+    state: to the OS (glibc keeps freed heap otherwise; with four workers alive that is several GiB) and, on a GPU,
+    out of torch's cache (the variants of a round share the GPU; two 7B-wide stage-2 workers would not fit with
+    their caches). The next step allocates its activations again, every variant alike."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:  # not glibc: nothing to trim
         pass
 
 
-def serve(step: Callable[[], None], info: dict, device: torch.device) -> None:
-    """Worker side: reply `info`, then time one step per `step` command; `finish` replies the peak memory."""
+def serve(step: Callable[[], dict | None], info: dict, device: torch.device) -> None:
+    """Worker side: reply `info`, then time one step per `step` command (its reply: `step_s`, `cpu_s` and what the
+    step returns, e.g. its loss); `finish` replies the process's peak memory on `device` (`peak_mib`)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     _reply(info)
     for line in sys.stdin:
         command = line.strip()
         if command == "step":
             sync()
-            start = time.perf_counter()
-            step()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            extra = step()
             sync()
-            _reply({"step_s": time.perf_counter() - start})
-            _release_freed_memory()
+            _reply({"step_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start, **(extra or {})})
+            _release_freed_memory(device)
         elif command == "finish":
-            _reply({"peak_mib": peak_mib(device)})
+            _reply({"peak_mib": peak_memory(False, device).device_peak / 2**20})
             return
         else:
             raise ValueError(f"Unknown worker command '{command}'; expected 'step' or 'finish'.")
@@ -81,16 +87,17 @@ class Worker:
         return result
 
 
-def interleaved_rounds(workers: dict[str, Worker], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """`warmup` untimed then `repeats` timed rounds, each stepping every worker once in order; progress on stderr."""
-    times: dict[str, list[float]] = {name: [] for name in workers}
+def interleaved_rounds(workers: dict[str, Worker], warmup: int, repeats: int) -> dict[str, list[dict]]:
+    """`warmup` untimed then `repeats` timed rounds, each stepping every worker once in order; the timed steps'
+    replies per worker, in round order; progress on stderr."""
+    timed: dict[str, list[dict]] = {name: [] for name in workers}
     rounds, start = warmup + repeats, time.perf_counter()
     for index in range(rounds):
         kind = "warm-up" if index < warmup else "timed"
         for name, worker in workers.items():
-            seconds = worker.ask("step")["step_s"]
+            reply = worker.ask("step")
             if index >= warmup:
-                times[name].append(seconds)
-            print(f"    round {index + 1}/{rounds} ({kind}) {worker.label}: {seconds:.2f}s "
+                timed[name].append(reply)
+            print(f"    round {index + 1}/{rounds} ({kind}) {worker.label}: {reply['step_s']:.2f}s "
                   f"[{time.perf_counter() - start:.0f}s elapsed]", file=sys.stderr, flush=True)
-    return times
+    return timed

@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import Dinov2Config, Dinov2Model
 
-from vitsplit_vlm.vision import ViTSplit, ViTSplitConfig, resolve_split
-from vitsplit_vlm.vision.towers import run_block, tower_parts
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import count_flops  # noqa: E402  (the benches' shared FLOP count)
+
+from vitsplit_vlm.peak_memory import peak_memory  # noqa: E402
+from vitsplit_vlm.vision import ViTSplit, ViTSplitConfig, resolve_split  # noqa: E402
+from vitsplit_vlm.vision.towers import run_block, tower_parts  # noqa: E402
 
 VARIANTS = ("frozen", "vit-split", "lora", "full", "full+adapter")
 DESCRIPTIONS = {
@@ -267,23 +269,6 @@ def make_step(
     return train_step
 
 
-def peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def count_flops(step: Callable[[], None]) -> int:
-    """FLOPs of one step (matmuls, convolutions, attention): a cost measure that CPU contention cannot skew.
-
-    The math attention backend decomposes attention into counted matmuls on every device (the CPU flash kernel has
-    no FLOP formula). Elementwise work and the optimizer are not counted.
-    """
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        step()
-    return counter.get_total_flops()
-
-
 def time_steps(name: str, step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list[float]:
     """Seconds of each timed step after `warmup` untimed ones (device-synchronised), with progress on stderr."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -303,12 +288,12 @@ def time_steps(name: str, step: Callable[[], None], device: torch.device, warmup
 
 def measure(name: str, cfg: BenchConfig, device: torch.device, bf16: bool, warmup: int, steps: int) -> dict:
     """Warm-up steps, then the median of `steps` timed steps; meant to run alone in its own process."""
-    base_mib = peak_mib(device) if device.type == "cpu" else 0.0
+    base_mib = peak_memory(False, device).device_peak / 2**20 if device.type == "cpu" else 0.0
     torch.manual_seed(0)
     model = build_variant(name, cfg).to(device)
     step = make_step(name, model, cfg, device, bf16)
     times = time_steps(name, step, device, warmup, steps)
-    peak = peak_mib(device)  # read before the FLOP count: its math attention backend needs more memory
+    peak = peak_memory(False, device).device_peak / 2**20  # before the FLOP count: its math attention needs more
     return {
         "variant": name,
         "trainable_params": trainable_params(model),

@@ -8,39 +8,41 @@ fusion as wide as the LM); the baseline has LLaVA-1.5's `mlp2x_gelu` projector a
 exist without the split (stage 1: projector; stage 2: projector + LM). A step is forward (a batch of
 `--seq-len`-token rows holding the image tokens) + loss + backward + AdamW on the trainable parameters.
 
-Each (stage, variant) runs in its own process, so its peak memory is its own (CPU: the process's peak RSS; GPU:
-`torch.cuda.max_memory_allocated`), and the rounds alternate the order of the variants (interleaved repeats, so a
-change in machine load hits both). On a CPU a step's time is the process's CPU time, which other jobs sharing the
-cores barely change. Printed: the ViT-Split / baseline ratios of step time (median of the per-round ratios), of
-peak memory and of FLOPs (counted on the meta device); absolute times, samples/s and tokens/s only on a GPU.
+Each (stage, variant) is built once in its own long-lived process, so its peak memory is its own (CPU: the
+process's peak RSS; GPU: `torch.cuda.max_memory_allocated`), and the parent steps the two variants of a stage in
+turn, round after round (bench/interleaved.py: `--warmup` untimed rounds, then `--rounds` timed ones), so a change
+in machine load hits both. On a CPU a step's time is the process's CPU time, which other jobs sharing the cores
+barely change. Printed: the ViT-Split / baseline ratios of step time (median of the per-round ratios), of peak
+memory and of FLOPs (counted on the meta device); absolute times, samples/s and tokens/s only on a GPU.
 
     python bench/vlm_step.py --layers 1 --tower-layers 4 --seq-len 1024 --threads 1      # CPU: ratios only
     python bench/vlm_step.py --layers 32 --tower-layers 24 --flops-only                   # FLOPs at the real depth
     python bench/vlm_step.py --device cuda --layers 32 --batch-size 4 --gradient-checkpointing --json vlm_step.json
-    python bench/vlm_step.py --smoke                                          # tiny shapes, one process: checks
+    python bench/vlm_step.py --smoke                                          # tiny shapes: checks, not figures
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Callable
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPVisionConfig, LlamaConfig
 
-from vitsplit_vlm.config import load_config
-from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration
-from vitsplit_vlm.plan import vlm_config
-from vitsplit_vlm.shapes import write_config_dir
-from vitsplit_vlm.train.config import RunConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import count_flops  # noqa: E402  (the benches' shared FLOP count)
+from interleaved import Worker, interleaved_rounds, serve  # noqa: E402  (one live process per variant, in rounds)
+
+from vitsplit_vlm.config import load_config  # noqa: E402
+from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration  # noqa: E402
+from vitsplit_vlm.peak_memory import peak_memory  # noqa: E402
+from vitsplit_vlm.plan import vlm_config  # noqa: E402
+from vitsplit_vlm.shapes import write_config_dir  # noqa: E402
+from vitsplit_vlm.train.config import RunConfig  # noqa: E402
 
 STAGES = {"stage1": "stage1_align", "stage2": "stage2_instruct"}  # stage -> the shipped config that sets its parts
 VARIANTS = ("baseline", "vit-split")
@@ -104,92 +106,70 @@ def make_batch(model, batch_size: int, seq_len: int, device: torch.device) -> di
     return {"input_ids": ids.to(device), "labels": labels.to(device), "pixel_values": pixels.to(device)}
 
 
-def count_flops(variant: str, stage: str, args: argparse.Namespace, tower: Path, lm: Path) -> tuple[int, int]:
-    """FLOPs of one forward + backward (matmuls, convolutions, attention) at the run's shape, counted on the meta
-    device: no weights, no time, so any depth (the full 32 layers on a laptop) and no CPU contention. The math
-    attention backend is counted as its matmuls. The images are spliced in as the model's forward does, without
-    its count of image tokens, which reads a value the meta device does not hold. Returns (FLOPs, image tokens)."""
+def counted(variant: str, stage: str, args: argparse.Namespace, tower: Path, lm: Path) -> tuple[int, int]:
+    """FLOPs of one forward + backward at the run's shape, counted on the meta device (bench/flops.py): any depth
+    (the full 32 layers on a laptop) in seconds. The images are spliced in as the model's forward does, without its
+    count of image tokens, which reads a value the meta device does not hold. Returns (FLOPs, image tokens)."""
     meta = torch.device("meta")
     model, _ = build(variant, stage, tower, lm, meta, DTYPES[args.dtype], "sdpa", checkpointing=False)
     batch = make_batch(model, args.batch_size, args.seq_len, meta)
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+
+    def forward_backward() -> None:
         ids = batch["input_ids"]
         embeds = model.get_input_embeddings()(ids)
         features = model.get_image_features(batch["pixel_values"]).to(embeds.dtype)
         embeds = embeds.masked_scatter((ids == model.config.image_token_id).unsqueeze(-1), features)
         model.language_model(inputs_embeds=embeds, labels=batch["labels"]).loss.backward()
-    return counter.get_total_flops(), model.num_image_tokens
+
+    return count_flops(forward_backward), model.num_image_tokens
 
 
-def peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def measure(variant: str, stage: str, args: argparse.Namespace, tower: Path, lm: Path) -> dict:
-    """Build, warm up, then time `args.steps` steps (device-synchronised); meant to run alone in its process."""
+def build_worker(variant: str, stage: str, args: argparse.Namespace, tower: Path,
+                 lm: Path) -> tuple[Callable[[], dict], dict]:
+    """In the worker's own process: the step closure (forward + loss + backward + AdamW; it returns the loss) and
+    what the parent reports of the variant, with the memory before it was built."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    base = peak_mib(device)
+    base = peak_memory(False, device).device_peak / 2**20
     torch.manual_seed(0)
     model, parts = build(variant, stage, tower, lm, device, dtype, args.attn, args.gradient_checkpointing)
     batch = make_batch(model, args.batch_size, args.seq_len, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times, cpu_times, losses = [], [], []
-    for i in range(args.warmup + args.steps):
-        sync()
-        start, cpu_start = time.perf_counter(), time.process_time()
+
+    def step() -> dict:
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync()
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-        losses.append(loss.item())
-        if i >= args.warmup:
-            times.append(elapsed)
-            cpu_times.append(cpu)
-        print(f"    {stage} {variant}: {'warm-up' if i < args.warmup else 'timed'} step {i + 1}/"
-              f"{args.warmup + args.steps} {elapsed:.2f}s loss {losses[-1]:.3f} peak {peak_mib(device):.0f} MiB",
-              file=sys.stderr, flush=True)
-    return {
-        "variant": variant, "stage": stage, "train_parts": parts,
-        "trainable_params": sum(p.numel() for p in trainable), "total_params": sum(p.numel() for p in model.parameters()),
-        "image_tokens": model.num_image_tokens, "step_s": statistics.median(times), "times_s": times,
-        "cpu_step_s": statistics.median(cpu_times), "cpu_times_s": cpu_times, "losses": losses,
-        "peak_mib": peak_mib(device), "base_mib": base,
-    }
+        return {"loss": loss.item()}
+
+    info = {"variant": variant, "stage": stage, "train_parts": parts, "trainable_params": sum(p.numel() for p in trainable),
+            "total_params": sum(p.numel() for p in model.parameters()), "image_tokens": model.num_image_tokens,
+            "base_mib": base}
+    return step, info
 
 
-def spawn(variant: str, stage: str, tower: Path, lm: Path) -> dict:
-    """`measure` in a fresh process (same options), so its peak memory is its own."""
-    argv = [a for a in sys.argv[1:]]
-    cmd = [sys.executable, __file__, *argv, "--worker", f"{stage}:{variant}", "--tower", str(tower), "--lm", str(lm)]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if done.returncode:
-        sys.exit(f"{stage} {variant} failed in its process (exit {done.returncode}); its error is printed above.")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def run_rounds(args: argparse.Namespace, tower: Path, lm: Path, in_process: bool, report) -> list[dict]:
-    """Every (stage, variant) once per round; odd rounds run the variants in reverse order. `report(results)` after
-    each, so a long run keeps what it measured."""
+def measure_stage(stage: str, args: argparse.Namespace, argv: list[str], tower: Path, lm: Path) -> list[dict]:
+    """Both variants of the stage, each in its own live process (same options), stepped in interleaved rounds; then
+    their peak memory. Wall and process CPU time of every timed step, and the median of each."""
+    workers = {}
+    for variant in VARIANTS:
+        print(f"  building {stage} {variant}", file=sys.stderr, flush=True)
+        command = [sys.executable, __file__, *argv, "--worker", f"{stage}:{variant}", "--tower", str(tower), "--lm", str(lm)]
+        workers[variant] = Worker(f"{stage} {variant}", command)
+    timed = interleaved_rounds(workers, args.warmup, args.rounds)
     results = []
-    for r in range(args.rounds):
-        for stage in args.stages:
-            for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-                print(f"[round {r + 1}/{args.rounds}] {stage} {variant}", file=sys.stderr, flush=True)
-                result = measure(variant, stage, args, tower, lm) if in_process else spawn(variant, stage, tower, lm)
-                results.append({**result, "round": r})
-                report(results)
+    for variant, worker in workers.items():
+        times, cpu_times = [r["step_s"] for r in timed[variant]], [r["cpu_s"] for r in timed[variant]]
+        results.append({**worker.info, **worker.finish(), "step_s": statistics.median(times), "times_s": times,
+                        "cpu_step_s": statistics.median(cpu_times), "cpu_times_s": cpu_times,
+                        "losses": [r["loss"] for r in timed[variant]]})
     return results
 
 
 def summarize(results: list[dict], flops: dict[str, dict[str, int]], args: argparse.Namespace) -> dict:
-    """Per stage: each variant's median step and max peak, the median of the per-round time ratios, the memory and
-    FLOP ratios."""
+    """Per stage: each variant's median step and peak, the median of the per-round time ratios, the memory and FLOP
+    ratios."""
     tokens = args.batch_size * args.seq_len
     stages = {}
     for stage in args.stages:
@@ -197,16 +177,15 @@ def summarize(results: list[dict], flops: dict[str, dict[str, int]], args: argpa
         if args.flops_only:
             stages[stage] = {"flops": flops[stage], "flop_ratio": flop_ratio}
             continue
-        rows = {v: [r for r in results if r["stage"] == stage and r["variant"] == v] for v in VARIANTS}
-        key = "step_s" if args.device.startswith("cuda") else "cpu_step_s"  # CPU: process time, which sharing the
-        by_round = {v: {r["round"]: r[key] for r in rows[v]} for v in VARIANTS}  # cores with other jobs barely moves
-        ratios = [by_round["vit-split"][k] / by_round["baseline"][k] for k in sorted(by_round["baseline"])]
+        rows = {r["variant"]: r for r in results if r["stage"] == stage}
+        key = "times_s" if args.device.startswith("cuda") else "cpu_times_s"  # CPU: process time, which sharing the
+        ratios = [s / b for s, b in zip(rows["vit-split"][key], rows["baseline"][key])]  # cores barely moves
         variants = {}
         for v in VARIANTS:
-            step = statistics.median(r["step_s"] for r in rows[v])
+            step = rows[v]["step_s"]
             variants[v] = {
-                "train_parts": rows[v][0]["train_parts"], "trainable_params": rows[v][0]["trainable_params"],
-                "total_params": rows[v][0]["total_params"], "step_s": step, "peak_mib": max(r["peak_mib"] for r in rows[v]),
+                "train_parts": rows[v]["train_parts"], "trainable_params": rows[v]["trainable_params"],
+                "total_params": rows[v]["total_params"], "step_s": step, "peak_mib": rows[v]["peak_mib"],
                 "samples_per_s": args.batch_size / step, "tokens_per_s": tokens / step,
             }
         stages[stage] = {
@@ -221,7 +200,7 @@ def print_summary(stages: dict, args: argparse.Namespace) -> None:
     gpu = args.device.startswith("cuda")
     print(f"\n{args.shape}: batch {args.batch_size} x {args.seq_len} tokens ({args.image_tokens} image tokens), "
           f"{args.device}, {args.dtype}, attention {args.attn}, gradient checkpointing "
-          f"{'on' if args.gradient_checkpointing else 'off'}, {args.rounds} round(s) x {args.steps} timed step(s)")
+          f"{'on' if args.gradient_checkpointing else 'off'}, {args.warmup} warm-up + {args.rounds} timed round(s)")
     if args.flops_only:
         for stage, row in stages.items():
             f = row["flops"]
@@ -263,38 +242,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=2048, help="tokens per row, 576 of them the image's (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every (stage, variant) (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per process (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per process; their median counts (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds; a round steps both variants of a stage once, in turn (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, one round, in one process: checks, not figures")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, one round: checks, not figures")
     parser.add_argument("--flops-only", action="store_true",
                         help="only count each step's FLOPs, on the meta device (seconds, at any depth); no timing")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: "stage:variant", JSON to stdout
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: "stage:variant", serves steps on stdin
     parser.add_argument("--tower", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--lm", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda was given but torch sees no CUDA device; use --device cpu.")
-    if min(args.layers, args.tower_layers, args.batch_size, args.rounds, args.steps) < 1 or args.warmup < 0:
-        parser.error("--layers, --tower-layers, --batch-size, --rounds and --steps must be >= 1, --warmup >= 0.")
+    if min(args.layers, args.tower_layers, args.batch_size, args.rounds) < 1 or args.warmup < 0:
+        parser.error("--layers, --tower-layers, --batch-size and --rounds must be >= 1, --warmup >= 0.")
     if args.tower_layers < 2:
         parser.error("--tower-layers must be >= 2: the features are the penultimate block's.")
     if args.smoke:
-        args.seq_len, args.rounds, args.warmup, args.steps = 32, 1, 0, 1
+        args.seq_len, args.rounds, args.warmup = 32, 1, 0
     args.shape = ("smoke: tiny CLIP (56 px, 16 image tokens) + tiny Llama" if args.smoke else
                   f"CLIP-L/14-336 cut to {args.tower_layers} blocks + Vicuna-7B-shaped LM cut to {args.layers} layers")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
         stage, variant = args.worker.split(":")
-        print(json.dumps(measure(variant, stage, args, args.tower, args.lm)))
+        serve(*build_worker(variant, stage, args, args.tower, args.lm), torch.device(args.device))
         return 0
     def report(results: list[dict]) -> None:
         if args.json:
@@ -303,10 +283,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tower, lm = write_components(Path(tmp), args.layers, args.tower_layers, args.smoke)
-        counted = {stage: {v: count_flops(v, stage, args, tower, lm) for v in VARIANTS} for stage in args.stages}
-        flops = {stage: {v: n for v, (n, _) in row.items()} for stage, row in counted.items()}
-        args.image_tokens = counted[args.stages[0]]["baseline"][1]
-        results = [] if args.flops_only else run_rounds(args, tower, lm, args.smoke, report)
+        counts = {stage: {v: counted(v, stage, args, tower, lm) for v in VARIANTS} for stage in args.stages}
+        flops = {stage: {v: n for v, (n, _) in row.items()} for stage, row in counts.items()}
+        args.image_tokens = counts[args.stages[0]]["baseline"][1]
+        results = []
+        for i, stage in enumerate([] if args.flops_only else args.stages, 1):
+            print(f"[{i}/{len(args.stages)}] {stage}: {', '.join(VARIANTS)}", file=sys.stderr, flush=True)
+            results += measure_stage(stage, args, argv, tower, lm)
+            report(results)  # after every stage: a long run keeps what it measured if it is stopped
     stages = summarize(results, flops, args)
     print_summary(stages, args)
     if args.json:

@@ -3,6 +3,8 @@ as a user types it."""
 import importlib.util
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +83,26 @@ def test_vlm_step_smoke_runs_as_typed_and_reports_both_stages(tmp_path):
         assert f"{stage}: ViT-Split / baseline step time {stages[stage]['time_ratio']:.3f}x" in done.stdout
     assert "goal: ViT-Split's stage-2 step <= 1.05x the baseline's at the 7B width" in done.stdout
     assert "absolute times are NOT meaningful" in done.stdout and "step s" not in done.stdout  # no CPU times
+    # One live process per (stage, variant), the two of a stage stepped in turn (bench/interleaved.py).
+    order = [f"{stage} {variant}" for stage in ("stage1", "stage2") for variant in ("baseline", "vit-split")]
+    assert re.findall(r"round 1/1 \(timed\) (stage\d \S+):", done.stderr) == order
+    results = json.loads(out.read_text())["results"]
+    assert [f"{r['stage']} {r['variant']}" for r in results] == order
+    for r in results:  # each worker's memory is its own: measured before it built its model and at the end
+        assert len(r["times_s"]) == len(r["cpu_times_s"]) == len(r["losses"]) == 1
+        assert r["peak_mib"] >= r["base_mib"] > 0
+
+
+def test_vlm_step_time_ratio_is_the_median_per_round_ratio_of_process_cpu_time_on_a_cpu():
+    def row(variant, wall, cpu, peak):
+        return {"stage": "stage2", "variant": variant, "train_parts": [], "trainable_params": 1, "total_params": 1,
+                "step_s": statistics.median(wall), "times_s": wall, "cpu_times_s": cpu, "peak_mib": peak}
+
+    args = vlm_bench.parse_args(["--stages", "stage2"])
+    results = [row("baseline", [1.0, 1.0, 1.0], [2.0, 4.0, 5.0], 100.0), row("vit-split", [9.0] * 3, [3.0, 4.0, 10.0], 150.0)]
+    stage = vlm_bench.summarize(results, {"stage2": {"baseline": 10, "vit-split": 11}}, args)["stage2"]
+    assert stage["time_ratios"] == [1.5, 1.0, 2.0] and stage["time_ratio"] == 1.5  # wall time would give 9x
+    assert stage["memory_ratio"] == 1.5 and stage["flop_ratio"] == pytest.approx(1.1)
 
 
 @pytest.mark.parametrize("variant, stage", [("baseline", "stage2"), ("vit-split", "stage1"), ("vit-split", "stage2")])

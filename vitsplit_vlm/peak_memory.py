@@ -23,6 +23,12 @@ class PeakMemory:
     gpu_allocated: int | None  # bytes; None without CUDA
     host_since_start: bool  # the host figure covers the whole process, not only the span
 
+    @property
+    def device_peak(self) -> int | None:
+        """The figure for the device the work ran on (what a bench reports): CUDA allocations where `peak_memory`
+        read them, else the host's resident set."""
+        return self.host_rss if self.gpu_allocated is None else self.gpu_allocated
+
 
 def start_span() -> bool:
     """Reset the peaks (host where the kernel allows it, CUDA always); whether the host one was reset."""
@@ -50,9 +56,11 @@ def _host_peak() -> int | None:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
-def peak_memory(host_reset: bool) -> PeakMemory:
-    """The peaks since `start_span` (`host_reset`: what it returned)."""
-    gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+def peak_memory(host_reset: bool, device: torch.device | None = None) -> PeakMemory:
+    """The peaks since `start_span` (`host_reset`: what it returned; False: since the process started). The CUDA
+    figure is `device`'s (default: the current CUDA device), none for work on a non-CUDA device."""
+    cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
+    gpu = torch.cuda.max_memory_allocated(device) if cuda else None
     return PeakMemory(_host_peak(), gpu, host_since_start=not host_reset)
 
 
