@@ -30,22 +30,24 @@ def fake_package_data(root):
     return root
 
 
-def q(text, first):
-    return f"<image>\n{text}\n{SHORT_ANSWER_PROMPT}" if first else f"{text}\n{SHORT_ANSWER_PROMPT}"
+def q(text):
+    return f"<image>\n{text}\n{SHORT_ANSWER_PROMPT}"
 
 
-def test_converts_to_llava_json_grouping_train_questions_by_image(tmp_path):
+def test_converts_to_llava_json_one_question_per_record(tmp_path):
     data = fake_package_data(tmp_path / "easy_vqa" / "data")
     paths = easy_vqa.convert(tmp_path / "out", data)
     train = json.loads(paths["train"].read_text())
+    # Image 0's two questions stay apart: in one conversation the first would give the second's answer ("blue") away.
     assert train == [
-        {"id": "train_0", "image": "train/0.png", "conversations": [
-            {"from": "human", "value": q("what is the blue shape?", True)}, {"from": "gpt", "value": "rectangle"},
-            {"from": "human", "value": q("what color is the shape?", False)}, {"from": "gpt", "value": "blue"}]},
-        {"id": "train_1", "image": "train/1.png", "conversations": [
-            {"from": "human", "value": q("does the image contain a circle?", True)}, {"from": "gpt", "value": "yes"}]},
-        {"id": "train_2", "image": "train/2.png", "conversations": [
-            {"from": "human", "value": q("is there a red shape?", True)}, {"from": "gpt", "value": "no"}]},
+        {"id": "train_0", "image": "train/0.png", "question_type": "shape", "conversations": [
+            {"from": "human", "value": q("what is the blue shape?")}, {"from": "gpt", "value": "rectangle"}]},
+        {"id": "train_1", "image": "train/0.png", "question_type": "color", "conversations": [
+            {"from": "human", "value": q("what color is the shape?")}, {"from": "gpt", "value": "blue"}]},
+        {"id": "train_2", "image": "train/2.png", "question_type": "yes/no", "conversations": [
+            {"from": "human", "value": q("is there a red shape?")}, {"from": "gpt", "value": "no"}]},
+        {"id": "train_3", "image": "train/1.png", "question_type": "yes/no", "conversations": [
+            {"from": "human", "value": q("does the image contain a circle?")}, {"from": "gpt", "value": "yes"}]},
     ]
     val = json.loads(paths["val"].read_text())
     assert [(r["id"], r["image"], r["conversations"][1]["value"], r["question_type"]) for r in val] == [
