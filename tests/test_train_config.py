@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from vitsplit_vlm.config import load_config
 from vitsplit_vlm.train.config import ConfigError, RunConfig, check_train_config, stages
 from vitsplit_vlm.train.model_setup import learning_rates
+from vitsplit_vlm.train.run import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -32,6 +33,12 @@ def test_demo_config_trains_both_stages_and_evaluates():
     assert config.stage1.train_parts == ["projector", "prior_head"] and config.stage1.data.template == "plain"
     assert set(config.stage2.train_parts) == {"task_head", "prior_head", "projector", "language_model"}
     assert config.eval is not None and config.model.vision_tower is None  # tiny checkpoints, synthetic data
+
+
+def test_overrides_may_come_before_and_after_the_options():
+    args = parse_args(["output_dir=out", "--config", "easy_vqa", "stage2.max_steps=2", "--resume"])
+    assert args.config.name == "easy_vqa.yaml" and args.resume
+    assert args.overrides == ["output_dir=out", "stage2.max_steps=2"]
 
 
 def test_easy_vqa_config_instruction_tunes_on_the_converted_set_and_scores_its_test_split():

@@ -230,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--language_model", help="LM dir (config.json, and the tokenizer if any); overrides model.language_model")
     parser.add_argument("--stage", help="the stage to plan (default: every stage of the config)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stage2.per_device_train_batch_size=8")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before and after the options
 
 
 def main(argv: list[str] | None = None) -> int:

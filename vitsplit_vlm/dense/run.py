@@ -32,7 +32,7 @@ def _main(argv: list[str] | None) -> None:
     parser.add_argument("--deepspeed", help="DeepSpeed JSON file or shipped name (zero2)")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
     if not (args.task or args.config):
         parser.error(f"give --task {'|'.join(sorted(TASKS))} or --config FILE")
     overrides = [f"model.task={args.task}"] if args.task else []
