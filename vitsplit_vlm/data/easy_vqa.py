@@ -8,7 +8,8 @@ The package ships ``easy_vqa/data/{train,test}/images/<image_id>.png`` and
 
 writes ``DIR/images/{train,test}/<id>.png`` (hard links), ``DIR/train.json`` (one record per question, id
 ``train_<n>``) and ``DIR/val.json`` (the test split, one record per question, id ``test_<n>``, with its
-``question_type``: yes/no, shape or color, read off the answer); train with ``--image-dir DIR/images``.
+``question_type``: yes/no, shape or color, read off the answer). ``DIR/images`` is the folder a run config's
+``image_folder`` (as in ``configs/easy_vqa.yaml``) and ``vitsplit-check-data --image-dir`` take.
 
 Why one question per record, not an image's questions as the turns of one conversation as LLaVA-1.5 packs VQAv2:
 easy-vqa asks "what is the blue shape?" beside "what color is the shape?" and "is there not a blue shape?", so in one
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = convert(args.out, args.data_dir)
     except FileNotFoundError as err:
         parser.exit(2, f"error: {err}\n")
-    print(f"wrote {paths['train']} and {paths['val']}; use --image-dir {paths['images']}")
+    print(f"wrote {paths['train']} and {paths['val']}; their images are under {paths['images']} (a config's image_folder)")
 
 
 if __name__ == "__main__":
