@@ -42,7 +42,7 @@ from interleaved import Worker, interleaved_rounds, serve  # noqa: E402  (one li
 from vision_step import BenchConfig, build_tower, trainable_params  # noqa: E402  (the sibling bench's helpers)
 
 from vitsplit_vlm.dense import DenseModelConfig, DenseSplitModel, LinearSegHead  # noqa: E402
-from vitsplit_vlm.peak_memory import peak_memory  # noqa: E402
+from vitsplit_vlm.peak_memory import peak_mib  # noqa: E402
 from vitsplit_vlm.vision import ViTSplit, resolve_split  # noqa: E402
 
 VARIANTS = ("vit-split", "vit-split-plain", "full", "vit-adapter")
@@ -334,7 +334,7 @@ def counted(name: str, cfg: DenseBenchConfig) -> dict:
 
 def build_worker(name: str, cfg: DenseBenchConfig, device: torch.device) -> tuple[Callable[[], None], dict]:
     """The variant's step closure and the memory before it was built (in the worker's own process)."""
-    base_mib = peak_memory(False, device).device_peak / 2**20 if device.type == "cpu" else 0.0
+    base_mib = peak_mib(device) if device.type == "cpu" else 0.0
     torch.manual_seed(0)
     model = build_variant(name, cfg).to(device)
     return make_step(model, cfg, device), {"base_mib": base_mib}

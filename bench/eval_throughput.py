@@ -37,7 +37,7 @@ from vitsplit_vlm.chat import ChatModel, ChatSession, GenerationSettings
 from vitsplit_vlm.eval.generation import image_prompt_messages
 from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration, VitSplitLlavaProcessor
 from vitsplit_vlm.models.generation import generate_greedy
-from vitsplit_vlm.peak_memory import peak_memory
+from vitsplit_vlm.peak_memory import peak_mib
 from vitsplit_vlm.tiny import PATCH_SIZE, SIZES, build_tokenizer
 from vitsplit_vlm.vision import split_preset
 
@@ -121,7 +121,7 @@ def run_mode(model, processor, mode: str, args: argparse.Namespace) -> dict:
         out[set_name] = {"seconds": min(times), "questions": len(conversations),
                          "questions_per_s": len(conversations) / min(times),
                          "answers": [t.tolist() for t in generated.tokens]}
-    return {"sets": out, "peak_mib": peak_memory(False, model.device).device_peak / 2**20}
+    return {"sets": out, "peak_mib": peak_mib(model.device)}
 
 
 def chat_ttft(chat_model: ChatModel, image_path: Path, turns: int, reuse: bool) -> dict:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from vitsplit_vlm.peak_memory import peak_memory
+from vitsplit_vlm.peak_memory import peak_mib
 
 _REPLY = "@@"
 
@@ -55,7 +55,7 @@ def serve(step: Callable[[], dict | None], info: dict, device: torch.device) -> 
             _reply({"step_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start, **(extra or {})})
             _release_freed_memory(device)
         elif command == "finish":
-            _reply({"peak_mib": peak_memory(False, device).device_peak / 2**20})
+            _reply({"peak_mib": peak_mib(device)})
             return
         else:
             raise ValueError(f"Unknown worker command '{command}'; expected 'step' or 'finish'.")

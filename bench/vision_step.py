@@ -29,7 +29,7 @@ from transformers import Dinov2Config, Dinov2Model
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import count_flops  # noqa: E402  (the benches' shared FLOP count)
 
-from vitsplit_vlm.peak_memory import peak_memory  # noqa: E402
+from vitsplit_vlm.peak_memory import peak_mib  # noqa: E402
 from vitsplit_vlm.vision import ViTSplit, ViTSplitConfig, resolve_split  # noqa: E402
 from vitsplit_vlm.vision.towers import run_block, tower_parts  # noqa: E402
 
@@ -288,12 +288,12 @@ def time_steps(name: str, step: Callable[[], None], device: torch.device, warmup
 
 def measure(name: str, cfg: BenchConfig, device: torch.device, bf16: bool, warmup: int, steps: int) -> dict:
     """Warm-up steps, then the median of `steps` timed steps; meant to run alone in its own process."""
-    base_mib = peak_memory(False, device).device_peak / 2**20 if device.type == "cpu" else 0.0
+    base_mib = peak_mib(device) if device.type == "cpu" else 0.0
     torch.manual_seed(0)
     model = build_variant(name, cfg).to(device)
     step = make_step(name, model, cfg, device, bf16)
     times = time_steps(name, step, device, warmup, steps)
-    peak = peak_memory(False, device).device_peak / 2**20  # before the FLOP count: its math attention needs more
+    peak = peak_mib(device)  # before the FLOP count: its math attention needs more
     return {
         "variant": name,
         "trainable_params": trainable_params(model),

@@ -39,7 +39,7 @@ from interleaved import Worker, interleaved_rounds, serve  # noqa: E402  (one li
 
 from vitsplit_vlm.config import load_config  # noqa: E402
 from vitsplit_vlm.models import VitSplitLlavaForConditionalGeneration  # noqa: E402
-from vitsplit_vlm.peak_memory import peak_memory  # noqa: E402
+from vitsplit_vlm.peak_memory import peak_mib  # noqa: E402
 from vitsplit_vlm.plan import vlm_config  # noqa: E402
 from vitsplit_vlm.shapes import write_config_dir  # noqa: E402
 from vitsplit_vlm.train.config import RunConfig  # noqa: E402
@@ -129,7 +129,7 @@ def build_worker(variant: str, stage: str, args: argparse.Namespace, tower: Path
     """In the worker's own process: the step closure (forward + loss + backward + AdamW; it returns the loss) and
     what the parent reports of the variant, with the memory before it was built."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    base = peak_memory(False, device).device_peak / 2**20
+    base = peak_mib(device)
     torch.manual_seed(0)
     model, parts = build(variant, stage, tower, lm, device, dtype, args.attn, args.gradient_checkpointing)
     batch = make_batch(model, args.batch_size, args.seq_len, device)

@@ -44,3 +44,4 @@ def test_cuda_figure_is_the_given_devices_and_absent_for_cpu_work(monkeypatch):
     on_cpu = pm.peak_memory(False, torch.device("cpu"))
     assert on_cpu.gpu_allocated is None and on_cpu.device_peak == on_cpu.host_rss > 0
     assert asked == [torch.device("cuda:1"), None]
+    assert pm.peak_mib(torch.device("cuda:1")) == 7 / MIB  # the benches' figure: the device's peak in MiB

@@ -64,6 +64,11 @@ def peak_memory(host_reset: bool, device: torch.device | None = None) -> PeakMem
     return PeakMemory(_host_peak(), gpu, host_since_start=not host_reset)
 
 
+def peak_mib(device: torch.device) -> float:
+    """The process's peak on `device` in MiB, since it started: what a bench reports beside its timings."""
+    return peak_memory(False, device).device_peak / 2**20
+
+
 def format_peaks(peaks: list[PeakMemory]) -> str:
     """One line for all ranks, in rank order: `host RSS 7.91, 7.85 GiB; GPU allocated 30.10, 30.20 GiB`."""
     def gib(values: list[int | None]) -> str:
