@@ -61,6 +61,12 @@ def config_argument(value: str) -> Path:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None, example: str) -> argparse.Namespace:
+    """The CLIs' parse: the options plus dotted key=value overrides (`args.overrides`), before or after them."""
+    parser.add_argument("overrides", nargs="*", help=f"dotted key=value overrides, e.g. {example}")
+    return parser.parse_intermixed_args(argv)
+
+
 def shipped_deepspeed(value: str | None) -> str | None:
     """A `deepspeed:` option as the Trainer takes it: a shipped name becomes its file, anything else stays as given
     (so the config checks can report a missing file with the option's name)."""

@@ -19,9 +19,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import config_argument, load_config, resolve_config, shipped_config_names
+from .config import config_argument, load_config, parse_with_overrides, resolve_config, shipped_config_names
 from .memory import GIB, ActivationEstimate, largest_module_params, model_states, stage_activations
-from .train.config import ConfigError, RunConfig, StageConfig, stages
+from .train.config import ConfigError, RunConfig, StageConfig, component_overrides, stages
 
 OVERHEAD_GIB = 2.0  # CUDA context, allocator fragmentation, communication buckets: kept free on every GPU
 
@@ -229,18 +229,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vision_tower", help="tower dir (a config-only dir is enough); overrides model.vision_tower")
     parser.add_argument("--language_model", help="LM dir (config.json, and the tokenizer if any); overrides model.language_model")
     parser.add_argument("--stage", help="the stage to plan (default: every stage of the config)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stage2.per_device_train_batch_size=8")
-    return parser.parse_intermixed_args(argv)  # overrides may come before and after the options
+    return parse_with_overrides(parser, argv, "stage2.per_device_train_batch_size=8")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = list(args.overrides)
-    for key in ("vision_tower", "language_model"):
-        if getattr(args, key):
-            overrides.append(f"model.{key}={getattr(args, key)}")
     try:
-        config = load_config(RunConfig, args.config, overrides)
+        config = load_config(RunConfig, args.config, component_overrides(args))
         chosen = [(n, s) for n, s in stages(config) if args.stage in (None, n)]
         if not chosen:
             raise ConfigError(f"--stage {args.stage}: the config has {', '.join(n for n, _ in stages(config)) or 'no stage'}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import config_argument, load_config
+from ..config import config_argument, load_config, parse_with_overrides
 from ..errors import run_cli
 from .tasks import TASKS
 from .train import DenseRunConfig, train
@@ -31,8 +31,7 @@ def _main(argv: list[str] | None) -> None:
     parser.add_argument("--init-from-vlm", help="VLM checkpoint dir whose split module (tower + heads) to train on")
     parser.add_argument("--deepspeed", help="DeepSpeed JSON file or shipped name (zero2)")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
-    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
+    args = parse_with_overrides(parser, argv, "train.max_steps=100")
     if not (args.task or args.config):
         parser.error(f"give --task {'|'.join(sorted(TASKS))} or --config FILE")
     overrides = [f"model.task={args.task}"] if args.task else []

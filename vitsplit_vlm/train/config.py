@@ -7,6 +7,7 @@ clash fails in a second rather than after the model loads.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,12 @@ class RunConfig:
     stage1: StageConfig | None = None
     stage2: StageConfig | None = None
     eval: EvalConfig | None = None
+
+
+def component_overrides(args: argparse.Namespace) -> list[str]:
+    """The command line's overrides, then `--vision_tower` / `--language_model` as the model keys they set."""
+    return list(args.overrides) + [f"model.{key}={getattr(args, key)}" for key in ("vision_tower", "language_model")
+                                   if getattr(args, key)]
 
 
 def stages(config: RunConfig) -> list[tuple[str, StageConfig]]:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import yaml
 
-from ..config import config_argument, load_config, shipped_config_names, to_dict
+from ..config import config_argument, load_config, parse_with_overrides, shipped_config_names, to_dict
 from ..errors import run_cli
 from . import distributed
-from .config import RunConfig, StageConfig, check_train_config, stages
+from .config import RunConfig, StageConfig, check_train_config, component_overrides, stages
 from .evaluate import evaluate_stage
 from .checkpoint import FINAL_DIR
 from .logs import setup_logging
@@ -49,15 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", help="overrides output_dir")
     parser.add_argument("--resume", action="store_true", help="resume every stage from its latest checkpoint")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stage2.max_steps=100")
-    return parser.parse_intermixed_args(argv)  # overrides may come before and after the options
+    return parse_with_overrides(parser, argv, "stage2.max_steps=100")
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
-    overrides = list(args.overrides)
-    for key in ("vision_tower", "language_model"):
-        if getattr(args, key):
-            overrides.append(f"model.{key}={getattr(args, key)}")
+    overrides = component_overrides(args)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     config = load_config(RunConfig, args.config, overrides)
