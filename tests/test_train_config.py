@@ -98,6 +98,7 @@ def test_recipe_configs_match_the_paper(tmp_path):
         (["stage2.data.train_json=x.json"], r"^stage2\.data\.image_folder: required with train_json"),
         (["stage1=null", "stage2=null"], r"^the config defines no stage"),
         (["model.dtype=bfloat16", "stage2.deepspeed=null"], r"^model\.dtype=bfloat16 without DeepSpeed would train stage2 in pure bfloat16"),
+        (["stage1.lora.enabled=true"], r"^stage1 trains LoRA adapters, which stage2 cannot continue from: train stage1's language model fully "),
         (["synthetic.questions_per_image=0"], r"^synthetic\.questions_per_image=0: must be 1-5 \(one question per type\)\.$"),
     ],
 )

@@ -70,6 +70,23 @@ def test_stages_train_their_parts_and_hand_off(components, data, tmp_path, tiny_
     assert (result2.final_dir / "processor_config.json").is_file()  # loadable with its processor
 
 
+@pytest.mark.parametrize("zero", ["zero2.json", "zero3.json"])
+def test_a_stage_after_full_fine_tuning_continues_from_its_whole_model(components, data, tmp_path, zero):
+    """A curriculum: one stage trains everything on some records, the next continues on others from its final/."""
+    from vitsplit_vlm.train.model_setup import build_stage_model
+
+    stage = _stage(train_parts=["task_head", "prior_head", "projector", "language_model"], deepspeed=str(DEEPSPEED / zero))
+    first = _run("stage1", stage, components, data, tmp_path / "stage1")
+    trained = VitSplitLlavaForConditionalGeneration.from_pretrained(first.final_dir).state_dict()
+    start = build_stage_model(ModelConfig(), components, replace(stage, train_parts=["projector"]), first.final_dir)
+    assert start.state_dict().keys() == trained.keys()
+    for key, value in start.state_dict().items():
+        torch.testing.assert_close(value, trained[key], rtol=0, atol=0, msg=key)
+    assert {n.split(".")[0] for n, p in start.named_parameters() if p.requires_grad} == {"projector"}
+    second = _run("stage2", stage, components, data, tmp_path / "stage2", init_from=first.final_dir)
+    assert _losses(second)[0] < _losses(first)[0]  # it starts where the first stage left off, not from scratch
+
+
 class _StopAt(TrainerCallback):
     """Stops after `step` (its checkpoint is written first) and counts the steps this run really took."""
 

@@ -73,7 +73,8 @@ class StageConfig(TrainingRecipe):
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     # Stage-1 weights (projector + heads) to start from: a non_lm_trainables.safetensors file or a stage-1 output
-    # dir. Unset in a run that also has stage1 = that stage's output.
+    # dir. Unset in a run that also has stage1 = that stage's output: its projector/heads, or its whole model when it
+    # trained the language model.
     init_from: str | None = None
     require_init: bool = False  # refuse to start from untrained projector/heads (instruction tuning)
     # LR of the vision-side trainables (projector, prior head, task head), LLaVA's mm_projector_lr: in ViT-Split the
@@ -150,6 +151,11 @@ def check_train_config(config: RunConfig) -> None:
                 f"model.dtype={config.model.dtype} without DeepSpeed would train {name} in pure {config.model.dtype} "
                 "(no float32 master weights): set a DeepSpeed config (it keeps them) or model.dtype=float32 with bf16: true."
             )
+    if config.stage1 and config.stage1.lora.enabled and config.stage2 and not config.stage2.init_from:
+        raise ConfigError(
+            "stage1 trains LoRA adapters, which stage2 cannot continue from: train stage1's language model fully "
+            "(language_model in train_parts) or make the LoRA stage the last one."
+        )
     if config.stage2 and config.stage2.require_init and not config.stage2.init_from and not config.stage1:
         raise ConfigError(
             "stage2 needs stage-1 weights (require_init: true): set stage2.init_from=<stage-1 output dir or its "

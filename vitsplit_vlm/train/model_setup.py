@@ -1,4 +1,5 @@
-"""Model building per stage: components -> VLM, stage-1 weights in, parts (un)frozen; per-part LRs.
+"""Model building per stage: components -> VLM (or an earlier stage's whole model), stage-1 weights in, parts
+(un)frozen; per-part LRs.
 
 The model is built after the stage's `TrainingArguments`, so the stage's own DeepSpeed config is the active one:
 under ZeRO-3 `from_components` creates and loads every part partitioned (`zero.Init`, transformers' DeepSpeed
@@ -54,14 +55,26 @@ def fresh_model(model_cfg: ModelConfig, components: Components) -> VitSplitLlava
     )
 
 
+def is_whole_model(path: Path) -> bool:
+    """A `save_pretrained` model dir (an LM-training stage's `final/`), as opposed to stage-1 weights."""
+    return (Path(path) / "config.json").is_file()
+
+
 def build_stage_model(
     model_cfg: ModelConfig, components: Components, stage: StageConfig, init_from: Path | None
 ) -> VitSplitLlavaForConditionalGeneration:
-    """The model a stage starts from, with exactly the configured parts trainable (before any LoRA wrapping)."""
-    model = fresh_model(model_cfg, components)
-    if init_from is not None:
-        keys = load_stage1_weights(model, init_from)
-        logger.info("loaded %d stage-1 tensors from %s", len(keys), stage1_weights_path(init_from))
+    """The model a stage starts from, with exactly the configured parts trainable (before any LoRA wrapping).
+
+    `init_from` is stage-1 weights (projector/heads over a fresh model) or the whole model an earlier stage of the
+    run saved (a `final/` dir), so a stage that follows full fine-tuning continues from it."""
+    if init_from is not None and is_whole_model(init_from):
+        model = VitSplitLlavaForConditionalGeneration.from_pretrained(init_from, dtype=torch_dtype(model_cfg.dtype))
+        logger.info("starting from the whole model in %s", init_from)
+    else:
+        model = fresh_model(model_cfg, components)
+        if init_from is not None:
+            keys = load_stage1_weights(model, init_from)
+            logger.info("loaded %d stage-1 tensors from %s", len(keys), stage1_weights_path(init_from))
     model.set_trainable(stage.train_parts)
     return model
 

@@ -145,8 +145,8 @@ def train(argv: list[str] | None = None) -> int:
             result = run_stage(name, stage, config.model, components, done[-1][2], stage_dir, config.seed, init_from)
             if main_process and trains_language_model(stage):
                 write_model_card(result.final_dir, config, components, done, result.trainable_table)
-        # A stage that leaves the LM alone hands its projector/heads on to the next one.
-        init_from = None if trains_language_model(stage) else stage_dir
+        # The next stage continues from this one: its projector/heads (LM frozen) or its whole model.
+        init_from = stage_dir / FINAL_DIR if trains_language_model(stage) else stage_dir
     if config.eval:
         if main_process:
             name, stage = stages(config)[-1]
