@@ -49,11 +49,12 @@ def test_converts_to_llava_json_one_question_per_record(tmp_path):
         {"id": "train_3", "image": "train/1.png", "question_type": "yes/no", "conversations": [
             {"from": "human", "value": q("does the image contain a circle?")}, {"from": "gpt", "value": "yes"}]},
     ]
+    assert json.loads(paths["train_open"].read_text()) == train[:2]  # the shape and colour questions
     val = json.loads(paths["val"].read_text())
     assert [(r["id"], r["image"], r["conversations"][1]["value"], r["question_type"]) for r in val] == [
         ("test_0", "test/0.png", "circle", "shape"), ("test_1", "test/0.png", "yes", "yes/no")]
     assert (paths["images"] / "train" / "2.png").read_bytes() == (data / "train" / "images" / "2.png").read_bytes()
-    for name in ("train", "val"):
+    for name in ("train", "train_open", "val"):
         assert scan_records(load_llava_json(paths[name], cache_dir=tmp_path / "hf"), paths["images"]).bad == []
 
 
@@ -69,10 +70,12 @@ def test_readme_commands_convert_then_train_and_score_the_test_split_by_question
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     for cmd in ([sys.executable, "-m", "vitsplit_vlm.data.easy_vqa", "--out", "data/easy_vqa", "--data-dir", str(data)],
                 [sys.executable, str(ROOT / "scripts" / "train_vqa.py"), "--config", "easy_vqa", "model.tiny_size=test", "model.split_options.task_layers=3",
-                 "stage2.max_steps=2", "stage2.per_device_train_batch_size=2"]):
+                 "stage1.max_steps=2", "stage1.per_device_train_batch_size=2", "stage2.max_steps=2", "stage2.per_device_train_batch_size=2"]):
         result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     log = (tmp_path / "outputs" / "easy_vqa" / "train.log").read_text()
+    assert "stage1 data data/easy_vqa/train_open.json: 2 records, 2 used" in log  # the fake split's two open questions
+    assert "starting from the whole model in outputs/easy_vqa/stage1/final" in log  # the curriculum's hand-off
     # One shape and one yes/no question in the fake test split: each type's majority answer is its only answer.
     assert "on 2 questions (data/easy_vqa/val.json); baseline (majority answer per question type) 100.0%" in log
     assert "(baseline 100.0%: 'circle'; 1 questions)" in log and "(baseline 100.0%: 'yes'; 1 questions)" in log

@@ -41,17 +41,20 @@ def test_overrides_may_come_before_and_after_the_options():
     assert args.overrides == ["output_dir=out", "stage2.max_steps=2"]
 
 
-def test_easy_vqa_config_instruction_tunes_on_the_converted_set_and_scores_its_test_split():
+def test_easy_vqa_config_is_a_curriculum_on_the_converted_set_and_scores_its_test_split():
     config = _load("easy_vqa.yaml")
-    with pytest.raises(ConfigError, match=r"^stage2\.data\.train_json: no such data file data/easy_vqa/train\.json\.$"):
+    with pytest.raises(ConfigError, match=r"^stage1\.data\.train_json: no such data file data/easy_vqa/train_open\.json\.$"):
         check_train_config(config)  # before `python -m vitsplit_vlm.data.easy_vqa --out data/easy_vqa`
     Path("data/easy_vqa/images").mkdir(parents=True)
-    Path("data/easy_vqa/train.json").write_text("[]")
+    for name in ("train", "train_open"):
+        Path(f"data/easy_vqa/{name}.json").write_text("[]")
     check_train_config(config)
-    assert [name for name, _ in stages(config)] == ["stage2"] and not config.stage2.require_init
-    data = config.stage2.data
-    assert (data.train_json, config.eval.val_json) == ("data/easy_vqa/train.json", "data/easy_vqa/val.json")
-    assert data.image_folder == config.eval.image_folder == "data/easy_vqa/images"
+    assert [name for name, _ in stages(config)] == ["stage1", "stage2"] and not config.stage2.require_init
+    everything = ["task_head", "prior_head", "projector", "language_model"]
+    assert config.stage1.train_parts == config.stage2.train_parts == everything  # stage 2 continues from stage 1's model
+    assert (config.stage1.data.train_json, config.stage2.data.train_json, config.eval.val_json) == (
+        "data/easy_vqa/train_open.json", "data/easy_vqa/train.json", "data/easy_vqa/val.json")
+    assert config.stage1.data.image_folder == config.stage2.data.image_folder == config.eval.image_folder == "data/easy_vqa/images"
     assert config.model.vision_tower is None and config.model.tiny_size == "demo"
 
 

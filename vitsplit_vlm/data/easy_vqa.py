@@ -7,8 +7,9 @@ The package ships ``easy_vqa/data/{train,test}/images/<image_id>.png`` and
     python -m vitsplit_vlm.data.easy_vqa --out DIR [--data-dir .../easy_vqa/data]
 
 writes ``DIR/images/{train,test}/<id>.png`` (hard links), ``DIR/train.json`` (one record per question, id
-``train_<n>``) and ``DIR/val.json`` (the test split, one record per question, id ``test_<n>``, with its
-``question_type``: yes/no, shape or color, read off the answer). ``DIR/images`` is the folder a run config's
+``train_<n>``), ``DIR/train_open.json`` (the records of train.json whose answer is a shape or a colour, for the first
+stage of ``configs/easy_vqa.yaml``) and ``DIR/val.json`` (the test split, one record per question, id ``test_<n>``,
+with its ``question_type``: yes/no, shape or color, read off the answer). ``DIR/images`` is the folder a run config's
 ``image_folder`` (as in ``configs/easy_vqa.yaml``) and ``vitsplit-check-data --image-dir`` take.
 
 Why one question per record, not an image's questions as the turns of one conversation as LLaVA-1.5 packs VQAv2:
@@ -55,7 +56,8 @@ def _questions(data_dir: Path, split: str) -> list[tuple[str, str, int]]:
 
 
 def convert(out_dir: str | Path, data_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write ``images/``, ``train.json`` and ``val.json`` under ``out_dir``; returns their paths by name."""
+    """Write ``images/``, ``train.json``, ``train_open.json`` and ``val.json`` under ``out_dir``; returns their paths
+    by name."""
     data_dir = Path(data_dir) if data_dir is not None else package_data_dir()
     out = Path(out_dir)
     paths = {"images": out / "images"}
@@ -66,6 +68,8 @@ def convert(out_dir: str | Path, data_dir: str | Path | None = None) -> dict[str
         records = [{**vqa_record(f"{split}_{n}", f"{split}/{i}.png", [(q, a)]), "question_type": question_type(a)}
                    for n, (q, a, i) in enumerate(questions)]
         paths[name] = write_json(out / f"{name}.json", records)
+        if name == "train":
+            paths["train_open"] = write_json(out / "train_open.json", [r for r in records if r["question_type"] != "yes/no"])
     return paths
 
 
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         paths = convert(args.out, args.data_dir)
     except FileNotFoundError as err:
         parser.exit(2, f"error: {err}\n")
-    print(f"wrote {paths['train']} and {paths['val']}; their images are under {paths['images']} (a config's image_folder)")
+    print(f"wrote {paths['train']}, {paths['train_open']} and {paths['val']}; their images are under {paths['images']} "
+          "(a config's image_folder)")
 
 
 if __name__ == "__main__":

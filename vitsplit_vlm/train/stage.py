@@ -3,7 +3,8 @@
 Outputs under `<output_dir>/<stage>/`:
 * LM frozen (stage 1): `non_lm_trainables.safetensors` -- only the trained projector/head weights, the hand-off to
   stage 2 (`init_from`);
-* LM fully trained: `final/` -- the whole model in Hugging Face format (`from_pretrained`-loadable, with processor);
+* LM fully trained: `final/` -- the whole model in Hugging Face format (`from_pretrained`-loadable, with processor),
+  which a following stage of the run starts from;
 * LoRA: `final/` -- the peft adapter (with the fully trained projector/heads as `modules_to_save`) and `base_model/`
   -- the model it was trained on, so `scripts/merge_lora.py --model base_model --adapter final` needs nothing else;
 * always: `checkpoint-*` (Trainer/DeepSpeed states for resume), `runs/` (TensorBoard), `loss_curve.png`.
