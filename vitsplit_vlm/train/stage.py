@@ -47,7 +47,7 @@ from .checkpoint import (
 from .config import ModelConfig, StageConfig
 from .logs import RunLogCallback
 from .lora import apply_lora, merge_lora
-from .model_setup import Components, build_stage_model, fresh_model, trainable_parameter_table
+from .model_setup import Components, build_stage_model, fresh_model, is_whole_model, trainable_parameter_table
 from .trainer import VitSplitTrainer, training_arguments
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def stage_complete(stage: StageConfig, output_dir: Path) -> bool:
     if not trains_language_model(stage):
         return (output_dir / STAGE1_WEIGHTS).is_file()
     final = output_dir / FINAL_DIR
-    return (final / "adapter_config.json").is_file() or (final / "config.json").is_file()
+    return (final / "adapter_config.json").is_file() or is_whole_model(final)
 
 
 def load_stage_output(
